@@ -1,0 +1,217 @@
+"""In-process llama.cpp backend (llama-cpp-python): a timed token loop with prefill and decode kept apart."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from bench.backends.base import Generation, LoadInfo, OnResult, Request
+from bench.errors import ModelError
+
+
+def physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def cpu_advertises_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " amx_tile" in f.read()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _model_params(use_extra_bufts: bool) -> Iterator[None]:
+    """llama-cpp-python's Llama() offers no switch for extra buffer types; set it on the default params."""
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+
+    def patched() -> Any:
+        params = original()
+        params.use_extra_bufts = use_extra_bufts
+        return params
+
+    lib.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = original
+
+
+def common_prefix(a: np.ndarray, b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n], dtype=a.dtype))[0]
+    return int(diff[0]) if diff.size else n
+
+
+class LlamaCppBackend:
+    """Runs a GGUF model in this process. Chat models go through their own chat template; base models
+    get plain completion. Prompt tokens shared with the previous request are served from the KV cache
+    and reported as `cached_tokens`. Sampling is done here from the logits, so every token's time and
+    log-probability is ours to record."""
+
+    kind = "llamacpp"
+    locality = "local"
+    concurrency = 1
+
+    def __init__(self, config: Any, model: Any):
+        if model is None:
+            raise ModelError("the llamacpp backend needs a model file")
+        self.config = config
+        self.model = model
+        self.llm: Any = None
+        self.formatter: Any = None
+        self.n_threads = config.n_threads or physical_cores()
+
+    # ------------------------------------------------------------------ load
+    def load(self) -> LoadInfo:
+        try:
+            import llama_cpp
+        except ImportError:
+            raise ModelError("llama-cpp-python is not installed: pip install llama-cpp-python") from None
+        self._lc = llama_cpp
+        extra = self.config.extra_buffers
+        if extra is None:
+            extra = not cpu_advertises_amx()
+        t0 = time.perf_counter()
+        try:
+            with _model_params(extra):
+                self.llm = llama_cpp.Llama(
+                    model_path=str(self.model.path), n_ctx=self.config.n_ctx, n_batch=self.config.n_batch,
+                    n_threads=self.n_threads, n_threads_batch=self.n_threads,
+                    n_gpu_layers=self.config.n_gpu_layers, logits_all=False, verbose=False)
+        except Exception as exc:  # llama.cpp reports a bad file or too little memory as a ValueError
+            raise ModelError(f"llama.cpp could not load {self.model.path.name}: {exc}") from None
+        load_s = time.perf_counter() - t0
+        self._n_vocab = self.llm.n_vocab()
+        self._vocab = self.llm._model.vocab
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        chat = bool(self.model.chat) and bool(template)
+        if chat:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            eos, bos = self.llm.token_eos(), self.llm.token_bos()
+            self.formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=self.llm._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=self.llm._model.token_get_text(bos) if bos != -1 else "",
+                stop_token_ids=[eos])
+        if self.config.warmup:
+            self._warmup()
+        return LoadInfo(load_s=load_s, model_bytes=self.model.size_bytes, n_threads=self.n_threads, chat=chat,
+                        details={"n_ctx": self.config.n_ctx, "n_batch": self.config.n_batch,
+                                 "extra_buffers": extra,
+                                 "chat_template": chat, "n_vocab": self._n_vocab})
+
+    def _warmup(self) -> None:
+        """One short prefill and a few decode steps, outside the numbers, then a clean cache."""
+        tokens = self.llm.tokenize(b"Warm-up: the quick brown fox jumps over the lazy dog.", add_bos=True)
+        self.llm.reset()
+        self.llm.eval(tokens)
+        for _ in range(4):
+            self.llm.eval([int(np.argmax(self._logits()))])
+        self.llm.reset()
+
+    # ------------------------------------------------------------------ generate
+    def _logits(self) -> np.ndarray:
+        ptr = self._lc.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def _prompt_tokens(self, req: Request) -> tuple[list[int], list[str]]:
+        if self.formatter is not None:
+            res = self.formatter(messages=req.messages)
+            stops = [res.stop] if isinstance(res.stop, str) else list(res.stop or [])
+            tokens = self.llm.tokenize(res.prompt.encode("utf-8"), add_bos=not res.added_special, special=True)
+            return tokens, stops
+        return self.llm.tokenize(req.prompt.encode("utf-8"), add_bos=True, special=False), []
+
+    def _one(self, req: Request) -> Generation:
+        lc, llm = self._lc, self.llm
+        gen = Generation(request_id=req.id, t_start=time.time())
+        tokens, template_stops = self._prompt_tokens(req)
+        stops = [s for s in list(req.stop) + template_stops if s]
+        gen.prompt_tokens = len(tokens)
+        if len(tokens) + req.max_tokens > self.config.n_ctx:
+            gen.error = (f"prompt of {len(tokens)} tokens + max_tokens {req.max_tokens} exceeds n_ctx "
+                         f"{self.config.n_ctx}")
+            return gen
+        prefix = min(common_prefix(llm.input_ids[: llm.n_tokens], tokens), len(tokens) - 1)
+        gen.cached_tokens = prefix
+        llm.n_tokens = prefix
+        rng = np.random.default_rng([req.seed, zlib.crc32(req.id.encode())])
+        lc.llama_perf_context_reset(llm._ctx.ctx)
+        t0 = time.perf_counter()
+        llm.eval(tokens[prefix:])
+        logits = self._logits()
+        gen.t_prefill_end = time.perf_counter() - t0
+        out: list[int] = []
+        logprobs: list[float] = []
+        text = ""
+        finish = "length"
+        while True:
+            z = logits.astype(np.float64)
+            z -= z.max()
+            logp = z - np.log(np.exp(z).sum())
+            if req.temperature > 0:
+                p = np.exp(logp / req.temperature)
+                tok = int(rng.choice(self._n_vocab, p=p / p.sum()))
+            else:
+                tok = int(np.argmax(logp))
+            now = time.perf_counter() - t0
+            if gen.t_first_token is None:
+                gen.t_first_token = now
+            if lc.llama_vocab_is_eog(self._vocab, tok):
+                finish = "stop"
+                break
+            out.append(tok)
+            logprobs.append(float(logp[tok]))
+            gen.token_times.append(now)
+            text = llm.detokenize(out).decode("utf-8", errors="ignore")
+            hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+            if hit >= 0:
+                text = text[:hit]
+                finish = "stop"
+                break
+            if len(out) >= req.max_tokens:
+                break
+            llm.eval([tok])
+            logits = self._logits()
+        gen.t_end = time.perf_counter() - t0
+        gen.text = text
+        gen.completion_tokens = len(out)
+        gen.token_logprobs = logprobs
+        gen.finish_reason = finish
+        perf = lc.llama_perf_context(llm._ctx.ctx)
+        gen.extra["llama_perf"] = {"t_p_eval_ms": perf.t_p_eval_ms, "n_p_eval": perf.n_p_eval,
+                                   "t_eval_ms": perf.t_eval_ms, "n_eval": perf.n_eval}
+        return gen
+
+    def generate(self, requests: list[Request], on_result: OnResult | None = None) -> list[Generation]:
+        results = []
+        for req in requests:
+            try:
+                gen = self._one(req)
+            except Exception as exc:  # a failure in one sample is recorded on it; the cell goes on
+                gen = Generation(request_id=req.id, t_start=time.time(), error=f"{type(exc).__name__}: {exc}")
+                self.llm.reset()
+            if on_result:
+                on_result(gen)
+            results.append(gen)
+        return results
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close() if hasattr(self.llm, "close") else None
+            self.llm = None

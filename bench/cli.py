@@ -1,0 +1,207 @@
+"""The `bench` command line: parses flags, calls one function per command, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench import __version__
+from bench.errors import BenchError, UserInputError
+
+
+def _csv(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def _emit_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import load_suite
+    from bench.display import console, out, results_table
+    from bench.runner import run_suite
+
+    suite = load_suite(args.suite)
+    outcome = run_suite(suite, models=args.models, limit=args.limit, hardware=args.hardware,
+                        results_dir=Path(args.results), fresh=args.fresh, isolation=args.isolation,
+                        quiet=args.json)
+    summary = outcome.summary
+    if args.json:
+        _emit_json({"run_dir": str(outcome.run.path), "resumed": outcome.resumed,
+                    "errored_cells": outcome.errored_cells, "summary": summary})
+    else:
+        if outcome.skipped_cells and not any(c for c in outcome.errored_cells):
+            console.print(f"{len(outcome.skipped_cells)} cell(s) already complete: nothing to run for them")
+        out.print(results_table(summary))
+        out.print(f"results: {outcome.run.path}")
+    if outcome.errored_cells:
+        console.print(f"[red]{len(outcome.errored_cells)} cell(s) had errors[/]: " + ", ".join(outcome.errored_cells))
+        return 1
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from bench.config import load_suite
+    from bench.data import load_samples
+    from bench.runner import plan_cells
+
+    bad = 0
+    for path in args.suites:
+        try:
+            suite = load_suite(path)
+            samples = load_samples(suite)
+            cells = plan_cells(suite, None, "-", "local")
+        except BenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            bad += 1
+            continue
+        n_hold = sum(1 for s in samples if s.split == "holdout")
+        print(f"ok: {path}: {suite.kind}, {len(samples)} samples ({len(samples) - n_hold} calibration, "
+              f"{n_hold} holdout), {len(cells)} cell(s)")
+    return 2 if bad else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from bench.display import out
+    from bench.models.catalog import get_entry
+    from bench.models.resolve import cache_dir, catalog_rows, pull
+
+    if args.models_cmd == "list":
+        rows = catalog_rows()
+        if args.json:
+            _emit_json({"cache_dir": str(cache_dir()), "models": rows})
+            return 0
+        from rich.table import Table
+
+        t = Table(title=f"models (cache: {cache_dir()})")
+        for col in ("id", "family", "params", "quant", "ctx", "chat", "source", "cached", "note"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["id"], r["family"], f"{r['params_m']:.0f}M", r["quantization"], str(r["context_length"]),
+                      "yes" if r["chat"] else "no (base)", r["source"], "yes" if r["cached"] else "no", r["note"])
+        out.print(t)
+        return 0
+    if args.models_cmd == "pull":
+        entry = get_entry(args.id)
+        path = pull(entry, force=args.force)
+        out.print(f"{entry.id}: {path} (sha256 verified)")
+        return 0
+    if args.models_cmd == "quantize":
+        from bench.models.quantize import run_quantize
+
+        return run_quantize(args.id, args.to)
+    raise UserInputError("expected one of: list, pull, quantize", field="models")
+
+
+def _delegate(module: str) -> Any:
+    def call(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).run(args)
+
+    return call
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="Measure language-model tiers per task and emit "
+                                "calibrated routing thresholds.")
+    p.add_argument("--version", action="version", version=f"bench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a suite over its model x quantization x hardware matrix")
+    r.add_argument("suite")
+    r.add_argument("--models", type=_csv, help="comma-separated model ids (catalog ids or the suite's endpoints)")
+    r.add_argument("--limit", type=_positive, help="use at most N samples")
+    r.add_argument("--hardware", help="hardware profile id (default: the profile matching this machine)")
+    r.add_argument("--results", default="results", help="results directory (default: results)")
+    r.add_argument("--fresh", action="store_true", help="start a new run instead of resuming")
+    r.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    r.add_argument("--isolation", choices=("process", "inline"), default="process",
+                   help="run each cell in its own process (default) or in this one")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="check suites and their data without running a model")
+    v.add_argument("suites", nargs="+")
+    v.set_defaults(func=cmd_validate)
+
+    m = sub.add_parser("models", help="the model catalog and cache")
+    msub = m.add_subparsers(dest="models_cmd", required=True, metavar="SUBCOMMAND")
+    ml = msub.add_parser("list", help="list catalog models and whether they are cached")
+    ml.add_argument("--json", action="store_true")
+    mp = msub.add_parser("pull", help="fetch a model into the cache and verify its sha256")
+    mp.add_argument("id")
+    mp.add_argument("--force", action="store_true", help="fetch again even if cached")
+    mq = msub.add_parser("quantize", help="derive quantized variants of a model")
+    mq.add_argument("id")
+    mq.add_argument("--to", type=_csv, required=True, help="e.g. Q8_0,Q4_K_M,Q2_K")
+    m.set_defaults(func=cmd_models)
+
+    h = sub.add_parser("hardware", help="detect this machine and match a hardware profile")
+    h.add_argument("--probe", action="store_true", help="measure memory bandwidth and store it")
+    h.add_argument("--json", action="store_true")
+    h.add_argument("--hardware", help="show this profile instead of the matched one")
+    h.set_defaults(func=_delegate("bench.hardware.cli"))
+
+    rep = sub.add_parser("report", help="build one self-contained HTML report from runs")
+    rep.add_argument("results", nargs="+")
+    rep.add_argument("-o", "--output", required=True)
+    rep.add_argument("--routing", help="a routing.json to show beside the runs")
+    rep.add_argument("--png", help="also export each figure as PNG into this folder (needs kaleido)")
+    rep.set_defaults(func=_delegate("bench.report.cli"))
+
+    t = sub.add_parser("thresholds", help="calibrate routing thresholds from runs; write routing.json")
+    t.add_argument("results", nargs="+")
+    t.add_argument("--target", action="append", default=[], metavar="TASK=QUALITY")
+    t.add_argument("--max-p95-latency", type=float, help="seconds; tiers slower at p95 are not eligible")
+    t.add_argument("--format", choices=("bench", "litellm"), default="bench")
+    t.add_argument("-o", "--output", required=True)
+    t.set_defaults(func=_delegate("bench.thresholds.cli"))
+
+    c = sub.add_parser("compare", help="compare a candidate run against a baseline; exit 1 on a regression")
+    c.add_argument("baseline")
+    c.add_argument("candidate")
+    c.add_argument("--markdown", help="write a markdown table here (e.g. for a CI job summary)")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--routing", help="a routing.json whose targets must still be met")
+    c.add_argument("--gate-speed", action="store_true", help="also fail on a significant speed or memory regression")
+    c.set_defaults(func=_delegate("bench.compare.cli"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: every finished sample is saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

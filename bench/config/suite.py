@@ -1,0 +1,376 @@
+"""The suite file: typed models (unknown keys are errors) and the loader that maps errors to lines."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from bench.config.yamlpos import line_for, load_yaml_with_lines
+from bench.errors import UserInputError, did_you_mean
+
+TASK_KINDS = ("summarize", "classify", "extract", "rewrite", "normalize")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# ---------------------------------------------------------------- dataset and split
+
+class DatasetConfig(Strict):
+    """Where samples come from and which fields are input and reference."""
+
+    path: str | None = Field(None, description="file relative to the suite: .jsonl, .json, .csv or .parquet")
+    hub: str | None = Field(None, description="a dataset id on the hub (needs a network)")
+    hub_split: str = "train"
+    revision: str | None = None
+    id_field: str = "id"
+    input_fields: list[str] = Field(..., min_length=1)
+    reference_field: str
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if bool(self.path) == bool(self.hub):
+            raise ValueError("give exactly one of 'path' (a local file) or 'hub' (a dataset id)")
+        if self.path and Path(self.path).suffix.lower() not in (".jsonl", ".json", ".csv", ".parquet"):
+            raise ValueError(f"path {self.path!r}: expected a .jsonl, .json, .csv or .parquet file")
+        return self
+
+
+class SplitConfig(Strict):
+    seed: int = 0
+    holdout_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+
+
+# ---------------------------------------------------------------- prompt
+
+class FewShot(Strict):
+    input: dict[str, Any]
+    output: str
+
+
+class PromptConfig(Strict):
+    system: str | None = None
+    template: str
+    few_shot: list[FewShot] = []
+
+    @field_validator("template")
+    @classmethod
+    def _template_parses(cls, v: str) -> str:
+        template_fields(v)
+        return v
+
+
+def template_fields(template: str) -> list[str]:
+    """Field names a template uses: '{name}' placeholders, '{{' and '}}' escape braces."""
+    names = []
+    try:
+        for _, name, spec, conv in string.Formatter().parse(template):
+            if name is None:
+                continue
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or spec or conv:
+                raise ValueError(f"placeholder {{{name}}} is not a plain field name")
+            names.append(name)
+    except ValueError as exc:
+        raise ValueError(f"template: {exc}; write literal braces as '{{{{' and '}}}}'") from None
+    return names
+
+
+# ---------------------------------------------------------------- task kinds (discriminated on 'kind')
+
+class ClassifyTask(Strict):
+    kind: Literal["classify"]
+    labels: list[str] = Field(..., min_length=2)
+
+
+class ExtractTask(Strict):
+    kind: Literal["extract"]
+    json_schema: dict[str, Any]
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import jsonschema
+
+        try:
+            jsonschema.Draft202012Validator.check_schema(v)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return v
+
+
+class SummarizeTask(Strict):
+    kind: Literal["summarize"]
+    max_words: int = Field(..., gt=0)
+
+
+class RewriteTask(Strict):
+    kind: Literal["rewrite"]
+    max_words: int | None = Field(None, gt=0)
+    required_terms: list[str] = []
+    required_terms_field: str | None = Field(None, description="a sample field listing terms that must be kept")
+
+
+class NormalizeTask(Strict):
+    kind: Literal["normalize"]
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+
+TaskConfig = Annotated[
+    Union[ClassifyTask, ExtractTask, SummarizeTask, RewriteTask, NormalizeTask],
+    Field(discriminator="kind"),
+]
+
+
+# ---------------------------------------------------------------- generation
+
+class GenerationConfig(Strict):
+    max_tokens: int = Field(128, gt=0, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    seed: int = 0
+    stop: list[str] = []
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+# ---------------------------------------------------------------- backends (discriminated on 'kind')
+
+class LlamaCppBackendConfig(Strict):
+    kind: Literal["llamacpp"]
+    n_threads: int | None = Field(None, gt=0, description="default: physical cores")
+    n_ctx: int = Field(4096, gt=0)
+    n_batch: int = Field(512, gt=0)
+    n_gpu_layers: int = 0
+    warmup: bool = True
+    extra_buffers: bool | None = Field(
+        None, description="llama.cpp's repacking buffer types (AMX, CPU repack); default: off where the CPU "
+        "advertises AMX, since VMs that advertise it may fault on its instructions")
+
+
+class FakeBackendConfig(Strict):
+    """A deterministic stand-in for unit tests: answers from the reference with a set accuracy."""
+
+    kind: Literal["fake"]
+    accuracy: float = Field(1.0, ge=0.0, le=1.0)
+    tokens_per_s: float = Field(1000.0, gt=0)
+    fail_load: bool = False
+
+
+class OpenAIBackendConfig(Strict):
+    kind: Literal["openai"]
+    name: str = Field(..., description="the tier's id in results, e.g. 'gpt-4o-mini' or 'vllm-h100-qwen'")
+    base_url: str
+    model: str
+    api_key_env: str | None = Field(None, description="name of the environment variable that holds the key")
+    price: str | None = Field(None, description="price-table entry; default: the model name")
+    input_usd_per_mtok: float | None = Field(None, ge=0)
+    output_usd_per_mtok: float | None = Field(None, ge=0)
+    locality: Literal["local", "on-prem", "cloud"] = "cloud"
+    hardware: str | None = Field(None, description="profile id of the server's machine: priced per hour, not per token")
+    concurrency: int = Field(4, gt=0, le=256)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=20)
+    logprobs: bool = True
+    chat: bool = True
+
+
+class VLLMBackendConfig(Strict):
+    kind: Literal["vllm"]
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: int = 4096
+    tensor_parallel_size: int = 1
+    hf_model: str | None = Field(None, description="hub id or local directory; default: the catalog's GGUF file")
+
+
+BackendConfig = Annotated[
+    Union[LlamaCppBackendConfig, FakeBackendConfig, OpenAIBackendConfig, VLLMBackendConfig],
+    Field(discriminator="kind"),
+]
+
+LOCAL_KINDS = ("llamacpp", "fake", "vllm")
+
+
+# ---------------------------------------------------------------- models in the matrix
+
+class SourceConfig(Strict):
+    kind: Literal["path", "hub", "pypi"]
+    path: str | None = None
+    repo_id: str | None = None
+    filename: str | None = None
+    revision: str | None = None
+    packages: list[str] = []
+    files: list[str] = []
+    sha256: str | None = None
+
+
+class ModelRef(Strict):
+    id: str
+    quantizations: list[str] = []
+    source: SourceConfig | None = None
+    chat: bool | None = None
+
+
+class MatrixConfig(Strict):
+    models: list[ModelRef | str] = []
+    backends: list[BackendConfig] = Field(default_factory=lambda: [LlamaCppBackendConfig(kind="llamacpp")])
+
+    def model_refs(self) -> list[ModelRef]:
+        return [ModelRef(id=m) if isinstance(m, str) else m for m in self.models]
+
+
+# ---------------------------------------------------------------- the suite
+
+class Suite(Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    task: TaskConfig
+    dataset: DatasetConfig
+    split: SplitConfig = SplitConfig()
+    prompt: PromptConfig
+    metric: str | None = Field(None, description="default: the task kind's metric")
+    target: float = Field(..., description="the quality the task needs, on the metric's scale")
+    tolerance: float = Field(0.02, ge=0, description="a drop beyond this is a regression in 'bench compare'")
+    sensitive: bool = Field(False, description="data must stay on local or on-prem tiers")
+    max_p95_latency_s: float | None = Field(None, gt=0)
+    limit: int | None = Field(None, gt=0, description="use at most this many samples")
+    generation: GenerationConfig = GenerationConfig()
+    matrix: MatrixConfig = MatrixConfig()
+
+    # set by the loader
+    path: Path | None = Field(None, exclude=True)
+    sha256: str | None = Field(None, exclude=True)
+    _lines: dict = PrivateAttr(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.task.kind
+
+    def data_path(self) -> Path | None:
+        if not self.dataset.path:
+            return None
+        base = self.path.parent if self.path else Path.cwd()
+        return (base / self.dataset.path).resolve()
+
+
+def _loc_to_keys(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """Drop pydantic's union-branch names (e.g. 'classify') that are not keys in the data."""
+    out: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, (dict, list)) and isinstance(part, str) and part not in ("str",):
+            # unknown key (extra_forbidden) or missing field: keep it for the message, it has no line
+            if isinstance(node, dict):
+                out.append(part)
+                node = None
+    return tuple(out)
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return [k for k in model.model_fields if k not in ("path", "sha256")]
+
+
+def _explain(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return f"unknown kind {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return "missing 'kind'"
+    msg = err.get("msg", "invalid value")
+    return msg.removeprefix("Value error, ")
+
+
+def _hint_for_extra(keys: tuple[Any, ...], data: Any) -> str | None:
+    """For an unknown key, find the model it sits in and suggest the closest known key."""
+    parent_keys = keys[:-1]
+    name = keys[-1]
+    model: Any = Suite
+    node = data
+    for part in parent_keys:
+        node = node[part] if isinstance(node, (dict, list)) else None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = _field_model(field.annotation, node)
+        if model is None:
+            return None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return did_you_mean(str(name), _known_keys(model))
+    return None
+
+
+def _field_model(annotation: Any, node: Any) -> Any:
+    """The BaseModel class an annotation resolves to for this data node (following unions and lists)."""
+    import typing
+
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if origin is Annotated:
+        return _field_model(args[0], node)
+    if origin in (list,):
+        return _field_model(args[0], node)
+    if origin is Union or str(origin) == "types.UnionType":
+        kind = node.get("kind") if isinstance(node, dict) else None
+        for arg in args:
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                f = arg.model_fields.get("kind")
+                if kind is None or f is None or kind in typing.get_args(f.annotation):
+                    return arg
+    return None
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Load and validate a suite file; every error names the file, the line and the field."""
+    path = Path(path)
+    data, lines = load_yaml_with_lines(path)
+    if not isinstance(data, dict):
+        raise UserInputError("a suite must be a YAML mapping of keys (name, task, dataset, ...)", file=str(path))
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        keys = _loc_to_keys(tuple(first["loc"]), data)
+        field = ".".join(str(k) for k in keys) or None
+        hint = _hint_for_extra(keys, data) if first.get("type") == "extra_forbidden" and keys else None
+        more = len(exc.errors()) - 1
+        message = _explain(first) + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+        raise UserInputError(message, file=str(path), line=line_for(lines, keys), field=field, hint=hint) from None
+    suite.path = path.resolve()
+    suite.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    suite._lines = lines
+    return suite
+
+
+def suite_line(suite: Suite, *keys: Any) -> int | None:
+    """Line of a key path in the suite's file, for errors raised after load (dataset checks)."""
+    return line_for(getattr(suite, "_lines", {}), tuple(keys))

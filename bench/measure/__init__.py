@@ -1,0 +1,1 @@
+"""Measurement: memory sampling, GPU readings, and metrics derived from raw timestamps."""

@@ -1,0 +1,1 @@
+"""Results: the run directory (manifest, samples, summary), its schema, and resuming."""

@@ -1,0 +1,106 @@
+"""summary.json: per-cell numbers derived from samples.jsonl alone (quality with intervals, speed, memory, cost)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from bench import SCHEMA_VERSION
+from bench.measure.timing import derive
+from bench.stats import clean, mean_ci, percentile
+
+
+def latest_per_sample(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (cell, sample): a later line (a retry) replaces an earlier one."""
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        last[(r["cell_id"], r["sample_id"])] = r
+    return list(last.values())
+
+
+def _p(values: list[Any]) -> dict[str, float | None]:
+    return {"p50": percentile(values, 50), "p95": percentile(values, 95)}
+
+
+def _mean(values: list[Any]) -> float | None:
+    arr = clean(values)
+    return float(arr.mean()) if arr.size else None
+
+
+def _max(values: list[Any]) -> float | None:
+    arr = clean(values)
+    return float(arr.max()) if arr.size else None
+
+
+def summarize_cell(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every number of one cell, from its sample rows."""
+    ok = [r for r in rows if not r.get("error")]
+    metric = next((r.get("metric") for r in rows if r.get("metric")), None)
+    quality = mean_ci([r.get("score") for r in ok]) | {"metric": metric}
+    by_split = {s: mean_ci([r.get("score") for r in ok if r.get("split") == s]) for s in ("calibration", "holdout")}
+    derived = [derive(r.get("timings") or {}, r.get("prompt_tokens") or 0, r.get("completion_tokens") or 0,
+                      r.get("cached_tokens")) for r in ok if r.get("timings")]
+    # tokens/s as a ratio of sums (token-weighted), like llama-bench's per-run rates
+    pre_tok = sum(max((r.get("prompt_tokens") or 0) - (r.get("cached_tokens") or 0), 0) for r in ok)
+    pre_s = sum(d["prefill_s"] or 0 for d in derived)
+    dec_tok = sum(max((r.get("completion_tokens") or 0) - 1, 0) for r in ok)
+    dec_s = sum(d["decode_s"] or 0 for d in derived)
+    score_keys = sorted({k for r in ok for k in (r.get("scores") or {})})
+    measures = {k: mean_ci([(r.get("scores") or {}).get(k) for r in ok]) for k in score_keys}
+    costs = [r.get("cost_usd") for r in ok]
+    cost_mean = _mean(costs)
+    first = rows[0]
+    out: dict[str, Any] = {
+        "cell": first["cell"],
+        "cell_id": first["cell_id"],
+        "locality": first.get("locality"),
+        "n": len(rows),
+        "errors": len(rows) - len(ok),
+        "error_examples": sorted({r["error"] for r in rows if r.get("error")})[:3],
+        "quality": quality,
+        "quality_by_split": by_split,
+        "measures": measures,
+        "verified_rate": _mean([float(bool(r.get("verified"))) for r in ok]),
+        "confidence_available": any(r.get("confidence") is not None for r in ok),
+        "ttft_s": _p([d["ttft_s"] for d in derived]),
+        "latency_s": _p([d["latency_s"] for d in derived]),
+        "prefill_tps": pre_tok / pre_s if pre_s else None,
+        "decode_tps": dec_tok / dec_s if dec_s else None,
+        "prompt_tokens_mean": _mean([r.get("prompt_tokens") for r in ok]),
+        "completion_tokens_mean": _mean([r.get("completion_tokens") for r in ok]),
+        "cached_prompt_share": (sum(r.get("cached_tokens") or 0 for r in ok)
+                                / max(sum(r.get("prompt_tokens") or 0 for r in ok), 1)),
+        "load_s": _max([r.get("load_s") for r in rows]),
+        "peak_rss_mb": _max([r.get("rss_peak_mb") for r in rows]),
+        "model_rss_mb": _max([r.get("rss_model_mb") for r in rows]),
+        "peak_gpu_mb": _max([r.get("gpu_peak_mb") for r in rows]),
+        "cost_per_1k_usd": cost_mean * 1000 if cost_mean is not None else None,
+        "energy_j": sum(r["energy_j"] for r in ok if r.get("energy_j") is not None)
+        if any(r.get("energy_j") is not None for r in ok) else None,
+        "bandwidth_utilization": None,
+        "decode_ceiling_tps": None,
+        "latency_raw_s": [d["latency_s"] for d in derived],
+        "ttft_raw_s": [d["ttft_s"] for d in derived],
+    }
+    if extra:
+        out.update(extra)
+    return out
+
+
+def build_summary(rows: list[dict[str, Any]], manifest: dict[str, Any],
+                  cell_extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The whole summary.json document for a run."""
+    rows = latest_per_sample(rows)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[r["cell_id"]].append(r)
+    cells = [summarize_cell(groups[cid], (cell_extra or {}).get(cid)) for cid in sorted(groups)]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": manifest.get("run_id"),
+        "suite": manifest.get("suite", {}).get("name"),
+        "task": manifest.get("suite", {}).get("task"),
+        "target": manifest.get("suite", {}).get("target"),
+        "hardware": manifest.get("hardware"),
+        "cells": cells,
+    }

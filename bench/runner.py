@@ -1,0 +1,411 @@
+"""Run a suite: plan the matrix, run each cell (in its own process), score and store every sample."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import SCHEMA_VERSION, __version__
+from bench.backends.base import Request
+from bench.config.suite import LOCAL_KINDS, ModelRef, OpenAIBackendConfig, Suite, suite_line
+from bench.data import Sample, load_samples
+from bench.errors import BenchError, UserInputError, did_you_mean
+from bench.measure.timing import derive
+from bench.models.catalog import CATALOG, DEFAULT_MODEL, get_entry
+from bench.prompts import chat_messages, completion_prompt
+from bench.results.schema import cell_id as make_cell_id
+from bench.results.store import RunDir, SampleWriter, open_run, utcnow, write_json_atomic
+from bench.results.summary import build_summary
+from bench.tasks import get_task
+from bench.worker import run_cell
+
+
+@dataclass
+class CellPlan:
+    """One point of the matrix and how to run it."""
+
+    cell: dict[str, Any]
+    backend: Any
+    model_ref: ModelRef | None
+    locality: str
+    chat: bool = True
+    cell_id: str = ""
+    model: Any = None  # ResolvedModel, filled before the cell runs
+
+    def __post_init__(self) -> None:
+        self.cell_id = make_cell_id(self.cell)
+
+
+@dataclass
+class RunOutcome:
+    run: RunDir
+    resumed: bool
+    summary: dict[str, Any]
+    errored_cells: list[str] = field(default_factory=list)
+    skipped_cells: list[str] = field(default_factory=list)
+
+
+def identity(suite: Suite) -> str:
+    """What makes two runs comparable sample for sample: task, data, split and prompt (not the models)."""
+    data_hash = ""
+    path = suite.data_path()
+    if path and path.is_file():
+        data_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    doc = {"task": suite.task.model_dump(), "dataset": suite.dataset.model_dump(), "data": data_hash,
+           "split": suite.split.model_dump(), "prompt": suite.prompt.model_dump(), "metric": suite.metric}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan_cells(suite: Suite, models: list[str] | None, hardware_id: str, locality: str) -> list[CellPlan]:
+    """Cross models x quantizations with local backends; each HTTP backend is a cell of its own."""
+    refs = suite.matrix.model_refs() or [ModelRef(id=DEFAULT_MODEL)]
+    endpoints = {b.name: b for b in suite.matrix.backends if isinstance(b, OpenAIBackendConfig)}
+    if models:
+        by_id = {r.id: r for r in refs}
+        chosen: list[ModelRef] = []
+        for mid in models:
+            if mid in by_id:
+                chosen.append(by_id[mid])
+            elif mid in CATALOG:
+                chosen.append(ModelRef(id=mid))
+            elif mid not in endpoints:
+                known = sorted(set(CATALOG) | set(by_id) | set(endpoints))
+                raise UserInputError(f"unknown model {mid!r}; known: {', '.join(known)}", field="--models",
+                                     hint=did_you_mean(mid, known))
+        refs = chosen
+        endpoints = {k: v for k, v in endpoints.items() if k in models}
+    gen = suite.generation.key()
+    plans: list[CellPlan] = []
+    for b_index, backend in enumerate(suite.matrix.backends):
+        if backend.kind in LOCAL_KINDS:
+            for ref in refs:
+                if ref.source is None:
+                    try:
+                        entry = get_entry(ref.id)
+                    except UserInputError as exc:
+                        exc.file = str(suite.path)
+                        exc.line = suite_line(suite, "matrix", "models")
+                        exc.field = "matrix.models"
+                        raise
+                    quants = ref.quantizations or [entry.quantization]
+                    chat = entry.chat if ref.chat is None else ref.chat
+                else:
+                    quants = ref.quantizations or ["unknown"]
+                    chat = True if ref.chat is None else ref.chat
+                for q in quants:
+                    cell = {"model": ref.id, "quantization": q, "backend": backend.kind, "hardware": hardware_id,
+                            "gen": gen}
+                    plans.append(CellPlan(cell=cell, backend=backend, model_ref=ref, locality=locality, chat=chat))
+        elif isinstance(backend, OpenAIBackendConfig) and backend.name in endpoints:
+            cell = {"model": backend.name, "quantization": None, "backend": "openai",
+                    "hardware": backend.hardware or "remote", "gen": gen}
+            plans.append(CellPlan(cell=cell, backend=backend, model_ref=None, locality=backend.locality,
+                                  chat=backend.chat))
+    return plans
+
+
+def build_requests(suite: Suite, samples: list[Sample], chat: bool) -> list[Request]:
+    g = suite.generation
+    stop = list(g.stop) + ([] if chat else ["\nInput:"])
+    return [Request(id=s.id, messages=chat_messages(suite.prompt, s.fields),
+                    prompt=completion_prompt(suite.prompt, s.fields), max_tokens=g.max_tokens,
+                    temperature=g.temperature, seed=g.seed, stop=stop, reference=s.reference) for s in samples]
+
+
+def confidence_of(logprobs: list[float] | None) -> float | None:
+    """Mean log-probability of the answer's tokens; None when the backend gave none."""
+    if not logprobs:
+        return None
+    vals = [lp for lp in logprobs if lp is not None and math.isfinite(lp)]
+    return sum(vals) / len(vals) if vals else None
+
+
+class CostModel:
+    """Dollars per request: token prices for cloud tiers, the machine's hourly price for self-hosted ones."""
+
+    def __init__(self, plan: CellPlan, profile: Any, profiles: dict[str, Any]):
+        self.price_key: str | None = None
+        self.hourly: float | None = None
+        self.inline: tuple[float, float] | None = None
+        b = plan.backend
+        if isinstance(b, OpenAIBackendConfig):
+            if b.hardware and b.hardware in profiles:
+                self.hourly = profiles[b.hardware].cost_per_hour_usd
+            elif b.input_usd_per_mtok is not None and b.output_usd_per_mtok is not None:
+                self.inline = (b.input_usd_per_mtok, b.output_usd_per_mtok)
+            else:
+                self.price_key = b.price or b.model
+        elif profile is not None:
+            self.hourly = profile.cost_per_hour_usd
+        self.concurrency = getattr(b, "concurrency", 1) or 1
+
+    def cost(self, gen: dict[str, Any]) -> float | None:
+        if self.hourly is not None:
+            from bench import cost
+
+            wall = gen.get("extra", {}).get("wall_s") or gen.get("t_end") or 0.0
+            return cost.hourly_cost_usd(self.hourly, wall, self.concurrency)
+        if self.inline:
+            i, o = self.inline
+            return ((gen.get("prompt_tokens") or 0) * i + (gen.get("completion_tokens") or 0) * o) / 1e6
+        if self.price_key:
+            from bench import cost
+
+            try:
+                return cost.token_cost_usd(self.price_key, gen.get("prompt_tokens") or 0,
+                                           gen.get("completion_tokens") or 0, gen.get("cached_tokens") or 0)
+            except BenchError:
+                return None
+        return None
+
+
+def make_row(suite: Suite, plan: CellPlan, sample: Sample, gen: dict[str, Any], load: dict[str, Any],
+             cost_model: CostModel) -> dict[str, Any]:
+    """One samples.jsonl line: raw generation, its derived timings, the task's scores and the cost."""
+    task = get_task(suite.kind)
+    metric = suite.metric or task.metric
+    error = gen.get("error")
+    timings = {k: gen.get(k) for k in ("t_start", "t_prefill_end", "t_first_token", "token_times", "t_end")}
+    if error:
+        scored_parsed, verified, scores, score = None, False, {}, None
+    else:
+        scored = task.score(gen.get("text") or "", sample.reference, sample.fields, suite.task)
+        scored_parsed, verified, scores = scored.parsed, scored.verified, scored.scores
+        score = scores.get(metric)
+    d = derive(timings, gen.get("prompt_tokens") or 0, gen.get("completion_tokens") or 0, gen.get("cached_tokens"))
+    return {
+        "cell": plan.cell, "cell_id": plan.cell_id, "sample_id": sample.id, "split": sample.split,
+        "output": gen.get("text"), "parsed": scored_parsed, "score": score, "scores": scores,
+        "verified": verified, "confidence": confidence_of(gen.get("token_logprobs")),
+        "prompt_tokens": gen.get("prompt_tokens"), "cached_tokens": gen.get("cached_tokens"),
+        "completion_tokens": gen.get("completion_tokens"),
+        "ttft_s": d["ttft_s"], "prefill_s": d["prefill_s"], "decode_s": d["decode_s"], "latency_s": d["latency_s"],
+        "cost_usd": None if error else cost_model.cost(gen), "error": error, "timings": timings,
+        "load_s": load.get("load_s"), "rss_peak_mb": gen.get("rss_peak_mb"),
+        "rss_model_mb": load.get("rss_model_mb"), "gpu_peak_mb": gen.get("gpu_peak_mb"),
+        "energy_j": gen.get("energy_j"), "model_bytes": load.get("model_bytes"),
+        "locality": plan.locality, "metric": metric, "retries": gen.get("retries", 0),
+        "finish_reason": gen.get("finish_reason"), "concurrency": cost_model.concurrency,
+        "token_logprobs": gen.get("token_logprobs"),
+    }
+
+
+def environment() -> dict[str, Any]:
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("llama-cpp-python", "datasets", "evaluate", "numpy", "pydantic", "httpx", "vllm", "plotly"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions}
+
+
+def _spawn_cell(plan: CellPlan, requests: list[Request], on_event: Any, isolation: str) -> None:
+    """Run one cell, in a child process (default) or inline; events stream back as they happen.
+
+    The child is a fresh interpreter (`python -m bench.worker`): its peak memory is its own, and a crash,
+    a segfault or the OOM killer ends only that cell."""
+    args = (plan.backend.model_dump(), plan.model, requests)
+    if isolation == "inline":
+        run_cell(on_event, *args)
+        return
+    from multiprocessing.connection import Connection
+
+    r, w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.worker", str(w)], stdin=subprocess.PIPE, pass_fds=(w,))
+    os.close(w)
+    conn = Connection(r, writable=False)
+    finished = False
+    try:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(pickle.dumps(args))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        while True:
+            try:
+                if not conn.poll(0.2):
+                    if proc.poll() is not None and not conn.poll(0):
+                        break
+                    continue
+                event = conn.recv()
+            except (EOFError, OSError):
+                break
+            on_event(event)
+            if event[0] in ("done", "fatal"):
+                finished = True
+                break
+    finally:
+        conn.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if not finished:
+        code = proc.returncode
+        why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        if code == -9:
+            why += " (out of memory?)"
+        on_event(("fatal", f"cell process died: {why}"))
+
+
+def write_summary(run: RunDir, profile: Any, bandwidth_gbs: float | None) -> dict[str, Any]:
+    """Derive summary.json from samples.jsonl (plus the roofline from the hardware's bandwidth)."""
+    from bench.roofline import bandwidth_utilization, decode_ceiling_tps
+
+    rows = run.samples()
+    manifest = run.manifest()
+    summary = build_summary(rows, manifest)
+    for cell in summary["cells"]:
+        mb = next((r.get("model_bytes") for r in rows if r["cell_id"] == cell["cell_id"] and r.get("model_bytes")),
+                  None)
+        bw = bandwidth_gbs if cell.get("locality") == "local" and cell["cell"]["backend"] != "openai" else None
+        cell["model_bytes"] = mb
+        if mb and bw:
+            cell["decode_ceiling_tps"] = decode_ceiling_tps(bw, mb)
+            if cell.get("decode_tps"):
+                cell["bandwidth_utilization"] = bandwidth_utilization(cell["decode_tps"], mb, bw)
+    write_json_atomic(run.summary_path, summary)
+    return summary
+
+
+def _hardware(hardware: str | None) -> tuple[dict[str, Any], Any, str, dict[str, Any]]:
+    from bench.hardware import detect, profiles
+
+    info, profile, note = profiles.current(hardware)
+    fp = detect.fingerprint(info)
+    known = {p.id: p for p in profiles.load_profiles()}
+    return info | {"fingerprint": fp}, profile, note, known
+
+
+def _bandwidth(info: dict[str, Any], profile: Any) -> float | None:
+    """Decode's ceiling uses this machine's probed bandwidth when there is one, else the profile's figure."""
+    from bench.hardware.probe import load_probe
+
+    probed = load_probe(info["fingerprint"])
+    if probed and probed.get("triad_gbs"):
+        return float(probed["triad_gbs"])
+    return getattr(profile, "memory_bandwidth_gbs", None) if profile is not None else None
+
+
+def run_suite(suite: Suite, *, models: list[str] | None = None, limit: int | None = None,
+              hardware: str | None = None, results_dir: Path = Path("results"), fresh: bool = False,
+              isolation: str = "process", quiet: bool = False) -> RunOutcome:
+    """Run every cell of the suite's matrix on every sample not already stored; write the summary."""
+    from bench.display import cell_progress, console
+    from bench.models.resolve import resolve_model
+
+    samples = load_samples(suite, limit)  # bad data fails here, before any model loads
+    info, profile, note, profiles = _hardware(hardware)
+    hardware_id = profile.id if profile is not None else f"unprofiled-{info['fingerprint']}"
+    locality = profile.locality if profile is not None else "local"
+    plans = plan_cells(suite, models, hardware_id, locality)
+    if not plans:
+        raise UserInputError("the matrix has no cells (no models, or --models matched none)", file=str(suite.path),
+                             line=suite_line(suite, "matrix"), field="matrix")
+    manifest = {
+        "suite": {"name": suite.name, "path": str(suite.path), "sha256": suite.sha256, "identity": identity(suite),
+                  "task": suite.kind, "metric": suite.metric or get_task(suite.kind).metric, "target": suite.target,
+                  "tolerance": suite.tolerance, "sensitive": suite.sensitive,
+                  "max_p95_latency_s": suite.max_p95_latency_s, "n_samples": len(samples)},
+        "bench_version": __version__,
+        "environment": environment(),
+        "hardware": {"detected": info, "fingerprint": info["fingerprint"], "profile": hardware_id if profile else None,
+                     "note": note, "cost_per_hour_usd": getattr(profile, "cost_per_hour_usd", None)},
+    }
+    run, resumed = open_run(Path(results_dir), suite.name, manifest["suite"]["identity"], manifest, fresh)
+    if not quiet:
+        console.print(f"[bold]{suite.name}[/]: {len(samples)} samples x {len(plans)} cells -> {run.path}"
+                      + (" (resuming)" if resumed else ""))
+        console.print(f"hardware: {note}")
+    done = {(r["cell_id"], r["sample_id"]) for r in run.samples() if not r.get("error")}
+    outcome = RunOutcome(run=run, resumed=resumed, summary={})
+    cells = run.manifest().get("cells", [])
+    cells += [p.cell for p in plans if p.cell not in cells]
+    run.update_manifest(cells=cells)
+    writer = SampleWriter(run.samples_path)
+    try:
+        with cell_progress(quiet) as progress:
+            for plan in plans:
+                todo = [s for s in samples if (plan.cell_id, s.id) not in done]
+                if not todo:
+                    outcome.skipped_cells.append(plan.cell_id)
+                    continue
+                if _run_one_cell(suite, plan, todo, samples, writer, progress, profile, profiles, isolation,
+                                 quiet, resolve_model):
+                    outcome.errored_cells.append(plan.cell_id)
+    finally:
+        writer.close()
+    outcome.summary = write_summary(run, profile, _bandwidth(info, profile))
+    run.update_manifest(finished_at=utcnow())
+    return outcome
+
+
+def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: list[Sample], writer: SampleWriter,
+                  progress: Any, profile: Any, profiles: dict[str, Any], isolation: str, quiet: bool,
+                  resolve_model: Any) -> bool:
+    """Run one cell's remaining samples; returns True when any of them errored."""
+    from bench.display import console
+    from bench.results.schema import cell_label
+
+    label = cell_label(plan.cell)
+    task_id = progress.add_task(label, total=len(samples), completed=len(samples) - len(todo), tps="")
+    by_id = {s.id: s for s in todo}
+    state: dict[str, Any] = {"load": {}, "errored": False, "written": set(), "tokens": 0, "decode_s": 0.0}
+    cost_model = CostModel(plan, profile, profiles)
+
+    def write_error(message: str) -> None:
+        for s in todo:
+            if s.id not in state["written"]:
+                gen = {"request_id": s.id, "error": message}
+                writer.write(make_row(suite, plan, s, gen, state["load"], cost_model))
+                state["written"].add(s.id)
+                progress.advance(task_id)
+        state["errored"] = True
+
+    if plan.backend.kind in LOCAL_KINDS and plan.model_ref is not None and plan.backend.kind != "fake":
+        try:
+            plan.model = resolve_model(plan.model_ref, plan.cell["quantization"], quiet=quiet)
+        except BenchError as exc:
+            write_error(f"model unavailable: {exc}")
+            console.print(f"[red]{label}: {exc}[/]")
+            return True
+
+    def on_event(event: tuple) -> None:
+        kind, payload = event
+        if kind == "load":
+            state["load"] = payload
+        elif kind == "sample":
+            sample = by_id[payload["request_id"]]
+            row = make_row(suite, plan, sample, payload, state["load"], cost_model)
+            writer.write(row)
+            state["written"].add(sample.id)
+            state["errored"] |= bool(row["error"])
+            if row["decode_s"] and row["completion_tokens"]:
+                state["tokens"] += row["completion_tokens"] - 1
+                state["decode_s"] += row["decode_s"]
+            tps = state["tokens"] / state["decode_s"] if state["decode_s"] else 0.0
+            progress.update(task_id, advance=1, tps=f"{tps:.1f} tok/s")
+        elif kind == "fatal":
+            console.print(f"[red]{label}: {payload}[/]")
+            write_error(str(payload))
+
+    requests = build_requests(suite, todo, plan.chat)
+    _spawn_cell(plan, requests, on_event, isolation)
+    if len(state["written"]) < len(todo):
+        write_error("cell ended without an answer for this sample")
+    return bool(state["errored"])

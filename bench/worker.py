@@ -1,0 +1,83 @@
+"""One cell's work, run inside its own process: load the backend, generate, report events with memory peaks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.backends.base import Generation, Request, create_backend
+
+Send = Callable[[tuple], None]
+
+
+def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list[Request]) -> None:
+    """Events: ("load", info), ("sample", generation dict) per request, then ("done", info) or ("fatal", why)."""
+    from pydantic import TypeAdapter
+
+    from bench.config.suite import BackendConfig
+    from bench.measure.memory import MemorySampler, rapl_energy_uj
+
+    cfg = TypeAdapter(BackendConfig).validate_python(backend_cfg)
+    sampler = MemorySampler().start()
+    rss_before = sampler.rss_mb()
+    t0 = time.perf_counter()
+    try:
+        backend = create_backend(cfg, model)
+        info = backend.load()
+    except Exception as exc:  # a corrupt file, too little memory, a missing engine: the cell errors
+        sampler.stop()
+        send(("fatal", f"model failed to load: {exc}"))
+        return
+    load_s = time.perf_counter() - t0
+    rss_after = sampler.rss_mb()
+    load = {"load_s": info.load_s if info.load_s else load_s, "rss_before_mb": rss_before,
+            "rss_model_mb": max(rss_after - rss_before, 0.0),
+            "model_bytes": info.model_bytes or getattr(model, "size_bytes", None),
+            "gpu_mb": info.gpu_mb, "n_threads": info.n_threads, "details": info.details}
+    send(("load", load))
+    sampler.window()
+    last_energy = [sampler.gpu.energy_mj(), rapl_energy_uj()]
+
+    def on_result(gen: Generation) -> None:
+        gen.rss_peak_mb, gen.gpu_peak_mb = sampler.window()
+        gpu_e, cpu_e = sampler.gpu.energy_mj(), rapl_energy_uj()
+        if gpu_e is not None and last_energy[0] is not None:
+            gen.energy_j = (gpu_e - last_energy[0]) / 1000.0
+        elif cpu_e is not None and last_energy[1] is not None and cpu_e >= last_energy[1]:
+            gen.energy_j = (cpu_e - last_energy[1]) / 1e6
+        last_energy[:] = [gpu_e, cpu_e]
+        send(("sample", gen.to_dict()))
+
+    try:
+        backend.generate(requests, on_result)
+    except Exception as exc:  # the engine broke mid-cell: what was sent is kept, the rest errors
+        send(("fatal", f"generation failed: {type(exc).__name__}: {exc}"))
+        return
+    finally:
+        try:
+            backend.close()
+        finally:
+            sampler.stop()
+    send(("done", {"peak_rss_mb": sampler.peak_mb, "peak_gpu_mb": sampler.gpu_peak_mb,
+                   "memory_samples": sampler.samples}))
+
+
+def _main() -> None:
+    """Child entry: the job arrives pickled on stdin; events go back over the pipe whose fd is argv[1]."""
+    import pickle
+    import sys
+    from multiprocessing.connection import Connection
+
+    conn = Connection(int(sys.argv[1]), readable=False)
+    try:
+        args = pickle.load(sys.stdin.buffer)
+        run_cell(conn.send, *args)
+    except BrokenPipeError:  # the parent is gone: nothing left to report to
+        pass
+    finally:
+        conn.close()
+
+
+if __name__ == "__main__":
+    _main()

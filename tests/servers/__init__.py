@@ -1,0 +1,1 @@
+"""Test-only servers (a scripted OpenAI-compatible fault server)."""
