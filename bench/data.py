@@ -30,7 +30,7 @@ def _load_rows(suite: Suite) -> list[dict[str, Any]]:
         except Exception as exc:
             raise UserInputError(f"cannot load hub dataset {ds_cfg.hub!r}: {exc}", file=str(suite.path),
                                  line=suite_line(suite, "dataset", "hub"), field="dataset.hub") from None
-        return [dict(r) for r in ds]
+        return [_plain(dict(r)) for r in ds]
     path = suite.data_path()
     assert path is not None
     where = dict(file=str(suite.path), line=suite_line(suite, "dataset", "path"), field="dataset.path")
@@ -38,30 +38,62 @@ def _load_rows(suite: Suite) -> list[dict[str, Any]]:
         raise UserInputError(f"dataset file not found: {path}", **where)
     if path.stat().st_size == 0:
         raise UserInputError(f"dataset file is empty: {path}", **where)
-    builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix.lower()]
-    if builder == "json":
-        _check_jsonl(path, where)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        # parsed here, not by pyarrow: its type inference turns ISO dates into timestamps
+        return _read_json_rows(path, where)
+    features = None
+    if suffix == ".csv":
+        import csv
+
+        with path.open(encoding="utf-8", newline="") as f:
+            header = next(csv.reader(f), [])
+        # every column as text: inference would turn "+14155550123" into a number
+        features = datasets.Features({name: datasets.Value("string") for name in header})
     try:
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True)
+        ds = datasets.load_dataset(suffix.lstrip("."), data_files=str(path), split="train", keep_in_memory=True,
+                                   features=features)
     except Exception as exc:
         raise UserInputError(f"cannot read dataset {path.name}: {str(exc).splitlines()[0]}", **where) from None
-    return [dict(r) for r in ds]
+    return [_plain(dict(r)) for r in ds]
 
 
-def _check_jsonl(path, where: dict[str, Any]) -> None:
-    """Give a line-precise error for a broken JSONL line, which `datasets` would only report vaguely."""
-    if path.suffix.lower() != ".jsonl":
-        return
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise UserInputError(f"{path.name} line {i}: not valid JSON ({exc.msg})", **where) from None
-            if not isinstance(row, dict):
-                raise UserInputError(f"{path.name} line {i}: expected a JSON object per line", **where)
+def _plain(value: Any) -> Any:
+    """Dates and times from typed files become ISO strings, so references compare as text."""
+    import datetime as dt
+
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return value
+
+
+def _read_json_rows(path, where: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON Lines (or one JSON array), with the line of any broken row in the error."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError as exc:
+            raise UserInputError(f"{path.name}: not valid JSON ({exc})", **where) from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise UserInputError(f"{path.name}: expected an array of JSON objects", **where)
+        return rows
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise UserInputError(f"{path.name} line {i}: not valid JSON ({exc.msg})", **where) from None
+        if not isinstance(row, dict):
+            raise UserInputError(f"{path.name} line {i}: expected a JSON object per line", **where)
+        rows.append(row)
+    return rows
 
 
 def _split_of(sample_id: str, seed: int, holdout_fraction: float) -> str:

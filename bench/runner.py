@@ -284,12 +284,10 @@ def write_summary(run: RunDir, profile: Any, bandwidth_gbs: float | None) -> dic
 
 
 def _hardware(hardware: str | None) -> tuple[dict[str, Any], Any, str, dict[str, Any]]:
-    from bench.hardware import detect, profiles
+    from bench.hardware import current, fingerprint, load_profiles
 
-    info, profile, note = profiles.current(hardware)
-    fp = detect.fingerprint(info)
-    known = {p.id: p for p in profiles.load_profiles()}
-    return info | {"fingerprint": fp}, profile, note, known
+    info, profile, note = current(hardware)
+    return info | {"fingerprint": fingerprint(info)}, profile, note, load_profiles()
 
 
 def _bandwidth(info: dict[str, Any], profile: Any) -> float | None:
@@ -297,8 +295,10 @@ def _bandwidth(info: dict[str, Any], profile: Any) -> float | None:
     from bench.hardware.probe import load_probe
 
     probed = load_probe(info["fingerprint"])
-    if probed and probed.get("triad_gbs"):
-        return float(probed["triad_gbs"])
+    if probed:  # decode streams weights: the read-only rate is the fair ceiling, copy the next best
+        best = probed.get("read_gbs") or probed.get("copy_gbs")
+        if best:
+            return float(best)
     return getattr(profile, "memory_bandwidth_gbs", None) if profile is not None else None
 
 
@@ -312,8 +312,7 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, limit: int | Non
     samples = load_samples(suite, limit)  # bad data fails here, before any model loads
     info, profile, note, profiles = _hardware(hardware)
     hardware_id = profile.id if profile is not None else f"unprofiled-{info['fingerprint']}"
-    locality = profile.locality if profile is not None else "local"
-    plans = plan_cells(suite, models, hardware_id, locality)
+    plans = plan_cells(suite, models, hardware_id, "local")  # in-process engines run on this machine
     if not plans:
         raise UserInputError("the matrix has no cells (no models, or --models matched none)", file=str(suite.path),
                              line=suite_line(suite, "matrix"), field="matrix")
@@ -321,7 +320,8 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, limit: int | Non
         "suite": {"name": suite.name, "path": str(suite.path), "sha256": suite.sha256, "identity": identity(suite),
                   "task": suite.kind, "metric": suite.metric or get_task(suite.kind).metric, "target": suite.target,
                   "tolerance": suite.tolerance, "sensitive": suite.sensitive,
-                  "max_p95_latency_s": suite.max_p95_latency_s, "n_samples": len(samples)},
+                  "max_p95_latency_s": suite.max_p95_latency_s, "n_samples": len(samples),
+                  "config": suite.model_dump(mode="json")},
         "bench_version": __version__,
         "environment": environment(),
         "hardware": {"detected": info, "fingerprint": info["fingerprint"], "profile": hardware_id if profile else None,
@@ -334,9 +334,12 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, limit: int | Non
         console.print(f"hardware: {note}")
     done = {(r["cell_id"], r["sample_id"]) for r in run.samples() if not r.get("error")}
     outcome = RunOutcome(run=run, resumed=resumed, summary={})
-    cells = run.manifest().get("cells", [])
+    current = run.manifest()
+    cells = current.get("cells", [])
     cells += [p.cell for p in plans if p.cell not in cells]
-    run.update_manifest(cells=cells)
+    backends = current.get("cell_backends", {})
+    backends.update({p.cell_id: p.backend.model_dump(mode="json") for p in plans})
+    run.update_manifest(cells=cells, cell_backends=backends)
     writer = SampleWriter(run.samples_path)
     try:
         with cell_progress(quiet) as progress:
@@ -377,7 +380,12 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
                 progress.advance(task_id)
         state["errored"] = True
 
-    if plan.backend.kind in LOCAL_KINDS and plan.model_ref is not None and plan.backend.kind != "fake":
+    if plan.backend.kind == "fake" and plan.model_ref is not None:
+        from bench.models.resolve import ResolvedModel
+
+        plan.model = ResolvedModel(id=plan.cell["model"], quantization=plan.cell["quantization"], path=Path(),
+                                   sha256="", size_bytes=0, chat=plan.chat)
+    elif plan.backend.kind in LOCAL_KINDS and plan.model_ref is not None:
         try:
             plan.model = resolve_model(plan.model_ref, plan.cell["quantization"], quiet=quiet)
         except BenchError as exc:

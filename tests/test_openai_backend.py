@@ -197,6 +197,13 @@ def test_dropped_connection_is_retried(server):
     assert gen.error is None and gen.retries == 1 and gen.text == TEXT
 
 
+def test_stream_without_finish_reason_is_retried(server):
+    server.push("truncated")
+    gen = run_one(make(server))
+    assert gen.error is None and gen.retries == 1 and gen.text == TEXT
+    assert "without a finish_reason" in gen.extra["attempt_errors"][0]
+
+
 def test_persistent_500_gives_up_without_raising(server):
     server.push(*["500"] * 10)
     backend = make(server, max_retries=2)
@@ -335,7 +342,8 @@ def llama_server(tmp_path):
         port = s.getsockname()[1]
     log = open(tmp_path / "server.log", "w+b")
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", "smollm2",
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--chat_format", "chatml"]
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--chat_format", "chatml",
+           "--interrupt_requests", "False"]  # by default a new request cuts the running stream short
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
     def tail() -> str:
@@ -373,7 +381,7 @@ def llama_server(tmp_path):
 def test_real_llama_cpp_server(llama_server):
     url, proc, tail = llama_server
     cfg = OpenAIBackendConfig(kind="openai", name="llama-cpp-server", base_url=url, model="smollm2",
-                              locality="local", concurrency=1, timeout_s=120, max_retries=1, logprobs=True)
+                              locality="local", concurrency=2, timeout_s=120, max_retries=1, logprobs=True)
     backend = OpenAIBackend(cfg)
     info = backend.load()
     assert info.details["models_status"] == 200 and info.details["model_listed"] is True

@@ -44,7 +44,9 @@ class FakeBackend:
         return LoadInfo(load_s=0.01, chat=True)
 
     def _one(self, req: Request) -> Generation:
-        right = _u(req.id) < self.config.accuracy
+        model_id = getattr(self.model, "id", "") or ""
+        accuracy = self.config.accuracy_by_model.get(model_id, self.config.accuracy)
+        right = _u(f"{model_id}:{req.id}") < accuracy
         ref = req.reference
         text = (json.dumps(ref) if isinstance(ref, dict) else str(ref)) if right else _wrong(ref)
         n = max(1, len(text) // 4)

@@ -112,9 +112,7 @@ class OpenAIBackend:
         return headers
 
     def _scrub(self, text: str) -> str:
-        if self._key is not None and self._key.reveal():
-            text = text.replace(self._key.reveal(), "***")
-        return text
+        return text.replace(self._key.reveal(), "***") if self._key is not None else text
 
     def load(self) -> LoadInfo:
         self.close()
@@ -125,7 +123,7 @@ class OpenAIBackend:
             if not value:
                 raise ModelError(f"environment variable {env} is not set; it must hold the API key for "
                                  f"{self.config.name!r}", field="api_key_env")
-            self._key = _Secret(value)
+            self._key = _Secret(value)  # a non-empty key: _scrub relies on that
         t = self.config.timeout_s
         self._client = httpx.Client(
             timeout=httpx.Timeout(t, connect=min(t, 10.0)),
@@ -271,6 +269,8 @@ class OpenAIBackend:
         except httpx.TransportError as exc:
             raise _Retryable(f"{type(exc).__name__} talking to {url}: {exc}") from None
         gen.t_end = time.perf_counter() - p0
+        if state.finish is None:  # e.g. llama-cpp-python's server interrupting a stream for a newer request
+            raise _Retryable(f"the stream from {url} ended without a finish_reason (truncated or interrupted)")
         state.fill(gen)
         return gen
 
@@ -308,7 +308,6 @@ class _StreamState:
     def __init__(self, chat: bool):
         self.chat = chat
         self.parts: list[str] = []
-        self.n_text_chunks = 0
         self.times: list[float] = []
         self.logprobs: list[float] = []
         self.t_first: float | None = None
@@ -331,7 +330,6 @@ class _StreamState:
         lps = [float(x) for x in lps if isinstance(x, (int, float))]
         if piece:
             self.parts.append(piece)
-            self.n_text_chunks += 1
             if self.t_first is None:
                 self.t_first = now
         if lps:
@@ -356,6 +354,5 @@ class _StreamState:
             cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens")
             gen.cached_tokens = int(cached) if cached is not None else None
         else:
-            gen.completion_tokens = len(self.logprobs) if self.logprobs else self.n_text_chunks
-            gen.prompt_tokens = 0
-            gen.extra["usage_estimated"] = True
+            gen.completion_tokens = len(self.logprobs) if self.logprobs else len(self.parts)
+            gen.prompt_tokens, gen.extra["usage_estimated"] = 0, True

@@ -168,6 +168,7 @@ class FakeBackendConfig(Strict):
 
     kind: Literal["fake"]
     accuracy: float = Field(1.0, ge=0.0, le=1.0)
+    accuracy_by_model: dict[str, float] = Field({}, description="per-model accuracy, overriding `accuracy`")
     tokens_per_s: float = Field(1000.0, gt=0)
     fail_load: bool = False
 
@@ -279,11 +280,12 @@ def _loc_to_keys(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             out.append(part)
             node = node[part]
-        elif isinstance(node, (dict, list)) and isinstance(part, str) and part not in ("str",):
-            # unknown key (extra_forbidden) or missing field: keep it for the message, it has no line
-            if isinstance(node, dict):
-                out.append(part)
-                node = None
+        elif isinstance(node, dict) and node.get("kind") == part:
+            continue  # pydantic's name for the union branch the 'kind' selected: not a key in the file
+        elif isinstance(node, dict) and isinstance(part, str):
+            # an unknown key (extra_forbidden) or a missing one: keep it for the message
+            out.append(part)
+            node = None
     return tuple(out)
 
 
@@ -308,22 +310,26 @@ def _explain(err: dict[str, Any]) -> str:
 
 def _hint_for_extra(keys: tuple[Any, ...], data: Any) -> str | None:
     """For an unknown key, find the model it sits in and suggest the closest known key."""
-    parent_keys = keys[:-1]
-    name = keys[-1]
-    model: Any = Suite
+    import typing
+
+    ann: Any = Suite
     node = data
-    for part in parent_keys:
-        node = node[part] if isinstance(node, (dict, list)) else None
+    for part in keys[:-1]:
         if isinstance(part, int):
+            args = typing.get_args(ann)
+            if typing.get_origin(ann) is Annotated:
+                args = typing.get_args(args[0])
+            ann = args[0] if args else None
+            node = node[part] if isinstance(node, list) and part < len(node) else None
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
+        model = _field_model(ann, node)
+        if model is None or part not in model.model_fields:
             return None
-        model = _field_model(field.annotation, node)
-        if model is None:
-            return None
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return did_you_mean(str(name), _known_keys(model))
+        ann = model.model_fields[part].annotation
+        node = node.get(part) if isinstance(node, dict) else None
+    model = _field_model(ann, node)
+    if model is not None:
+        return did_you_mean(str(keys[-1]), _known_keys(model))
     return None
 
 
@@ -358,7 +364,9 @@ def load_suite(path: str | Path) -> Suite:
     try:
         suite = Suite.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # a misspelt key shows up as both "unknown" and "missing": report the misspelling
+        first = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
         keys = _loc_to_keys(tuple(first["loc"]), data)
         field = ".".join(str(k) for k in keys) or None
         hint = _hint_for_extra(keys, data) if first.get("type") == "extra_forbidden" and keys else None

@@ -199,7 +199,8 @@ def load_profile_file(path: Path) -> Profile:
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        # an unknown key first: it is usually the misspelling behind a "missing" error
+        first = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")[0]
         keys = tuple(k for k in first["loc"] if isinstance(k, (str, int)))
         hint = None
         if first.get("type") == "extra_forbidden" and keys:

@@ -11,6 +11,7 @@ Each POST to /v1/chat/completions or /v1/completions takes the next behaviour fr
 - ``stall``: headers and one chunk, then silence for ``stall_s`` seconds
 - ``malformed``: one good chunk, then ``data: {not json``
 - ``disconnect``: one good chunk, then the connection is dropped mid-stream
+- ``truncated``: one good chunk, then ``[DONE]`` with no finish_reason (as an interrupted llama-cpp-python stream)
 """
 
 from __future__ import annotations
@@ -225,12 +226,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        if behaviour in ("stall", "malformed", "disconnect"):
+        if behaviour in ("stall", "malformed", "disconnect", "truncated"):
             self._event(json.dumps(chunks[0]))
             if behaviour == "stall":
                 fault._stop.wait(fault.stall_s)
-            elif behaviour == "malformed":
-                self._event("{not json")
+            elif behaviour in ("malformed", "truncated"):
+                if behaviour == "malformed":
+                    self._event("{not json")
                 self._event("[DONE]")
                 self._chunk(b"")
                 return

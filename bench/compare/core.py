@@ -1,0 +1,312 @@
+"""Compare a candidate run against a baseline: load both sides, pair cells, judge quality, errors and routing."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import SCHEMA_VERSION
+from bench.compare.speed import DEFAULT_FACTOR, compare_speed
+from bench.errors import UserInputError
+from bench.results.schema import cell_id as make_cell_id
+from bench.results.schema import cell_label
+from bench.results.store import find_runs, read_json
+from bench.stats import mean_ci, paired_bootstrap_diff
+
+DEFAULT_TOLERANCE = 0.02  # the suite's own default, for manifests that carry none
+SAME_CELL = "same cell"
+OK, REGRESSION, WORSE_SPEED = "ok", "regression", "worse speed"
+
+
+@dataclass
+class CellData:
+    """One cell of one side: its key and its latest row per sample."""
+
+    cell: dict[str, Any]
+    cell_id: str
+    run_id: str
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def short(self) -> str:
+        q = self.cell.get("quantization")
+        return f"{self.cell.get('model')}@{q}" if q else str(self.cell.get("model"))
+
+
+@dataclass
+class TaskData:
+    """One suite on one side, its runs merged: a later run's cell replaces an earlier run's cell of the same key."""
+
+    name: str
+    suite: dict[str, Any]
+    runs: list[str]
+    cells: list[CellData]
+    identities: set[str]
+
+
+# ---------------------------------------------------------------- loading
+
+def _cells_of(run: Any, run_id: str) -> list[CellData]:
+    cells: dict[str, CellData] = {}
+    for i, row in enumerate(run.samples(), 1):
+        if not isinstance(row.get("cell"), dict) or "sample_id" not in row:
+            raise UserInputError(f"line {i} has no 'cell' or 'sample_id'", file=str(run.samples_path))
+        cid = row.get("cell_id") or make_cell_id(row["cell"])
+        cell = cells.setdefault(cid, CellData(cell=row["cell"], cell_id=cid, run_id=run_id))
+        cell.rows[str(row["sample_id"])] = row  # a later line (a retry) replaces an earlier one
+    return list(cells.values())
+
+
+def load_side(path: str | Path) -> dict[str, TaskData]:
+    """Every suite found at or below path, by suite name."""
+    by_suite: dict[str, list[tuple[dict[str, Any], Any]]] = defaultdict(list)
+    for run in find_runs([path]):
+        manifest = run.manifest()
+        name = (manifest.get("suite") or {}).get("name")
+        if not name:
+            raise UserInputError("the manifest names no suite", file=str(run.manifest_path), field="suite.name")
+        by_suite[name].append((manifest, run))
+    tasks: dict[str, TaskData] = {}
+    for name, items in by_suite.items():
+        items.sort(key=lambda mr: (mr[0].get("started_at") or "", mr[0].get("run_id") or ""))
+        merged: dict[str, CellData] = {}
+        for manifest, run in items:
+            for cell in _cells_of(run, str(manifest.get("run_id"))):
+                merged.pop(cell.cell_id, None)
+                merged[cell.cell_id] = cell
+        tasks[name] = TaskData(name=name, suite=items[-1][0]["suite"], runs=[str(m.get("run_id")) for m, _ in items],
+                               cells=list(merged.values()),
+                               identities={m["suite"]["identity"] for m, _ in items if m["suite"].get("identity")})
+    return tasks
+
+
+def load_routing(path: str | Path) -> dict[str, Any]:
+    """A routing.json: its `tasks`, each with a numeric `target`."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError("routing file not found", file=str(p), field="--routing")
+    doc = read_json(p)
+    tasks = doc.get("tasks")
+    if not isinstance(tasks, dict):
+        raise UserInputError("expected 'tasks', a mapping of task name to its policy", file=str(p), field="tasks")
+    for name, policy in tasks.items():
+        target = policy.get("target") if isinstance(policy, dict) else None
+        if not isinstance(target, (int, float)) or isinstance(target, bool):
+            raise UserInputError("expected a number", file=str(p), field=f"tasks.{name}.target")
+    return doc
+
+
+# ---------------------------------------------------------------- pairing
+
+def _loose_key(cell: dict[str, Any]) -> tuple:
+    return (cell.get("model"), cell.get("quantization"), cell.get("backend"), cell.get("gen"))
+
+
+def pair_cells(base: list[CellData], cand: list[CellData]) -> tuple[list[tuple[CellData, CellData, str]],
+                                                                     list[CellData], list[CellData]]:
+    """Pair by identical cell key; then the same model on other hardware; then what is left, a swap:
+    the only remaining cell of each side, or the remaining cells of each side in order."""
+    left_b, left_c = list(base), list(cand)
+    pairs: list[tuple[CellData, CellData, str]] = []
+
+    def take(match: Any, how: Any) -> None:
+        for b in list(left_b):
+            c = next((c for c in left_c if match(b, c)), None)
+            if c is not None:
+                pairs.append((b, c, how(b, c)))
+                left_b.remove(b)
+                left_c.remove(c)
+
+    take(lambda b, c: b.cell_id == c.cell_id, lambda b, c: SAME_CELL)
+    take(lambda b, c: _loose_key(b.cell) == _loose_key(c.cell),
+         lambda b, c: f"same model on other hardware ({b.cell.get('hardware')} vs {c.cell.get('hardware')})")
+    if len(left_b) == 1 and len(left_c) == 1:
+        pairs.append((left_b[0], left_c[0], "swap: the only unmatched cell on each side"))
+        left_b, left_c = [], []
+    elif left_b and left_c:
+        n = min(len(left_b), len(left_c))
+        for i in range(n):
+            pairs.append((left_b[i], left_c[i], f"swap by position: unmatched cell {i + 1} of each side"))
+        left_b, left_c = left_b[n:], left_c[n:]
+    order = {id(c): i for i, c in enumerate(base)}
+    pairs.sort(key=lambda p: order[id(p[0])])
+    return pairs, left_b, left_c
+
+
+# ---------------------------------------------------------------- quality
+
+def _num(x: Any) -> float | None:
+    """A JSON-safe number: NaN and infinities become null."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _score(row: dict[str, Any]) -> float | None:
+    s = row.get("score")
+    if row.get("error") or s is None or isinstance(s, bool):
+        return None
+    try:
+        return _num(s)
+    except (TypeError, ValueError):
+        return None
+
+
+def _higher_is_better(kind: str | None) -> bool:
+    from bench.tasks import get_task
+
+    try:
+        return bool(get_task(kind).higher_is_better) if kind else True
+    except UserInputError:
+        return True
+
+
+def compare_pair(task: TaskData, b: CellData, c: CellData, how: str, tolerance: float, hib: bool,
+                 routing_target: float | None, gate_speed: bool, factor: float) -> dict[str, Any]:
+    """Everything about one baseline cell against one candidate cell, with its verdict and reasons."""
+    shared = sorted(set(b.rows) & set(c.rows))
+    if not shared:
+        raise UserInputError(f"task {task.name!r}: baseline cell {b.cell_id} and candidate cell {c.cell_id} "
+                             "share no sample ids; were they run on the same data?", field="sample_id")
+    b_err = {s for s in shared if b.rows[s].get("error")}
+    c_err = {s for s in shared if c.rows[s].get("error")}
+    new_err = sorted(c_err - b_err)
+    compared = [s for s in shared if _score(b.rows[s]) is not None and _score(c.rows[s]) is not None]
+    xs = [_score(b.rows[s]) for s in compared]
+    ys = [_score(c.rows[s]) for s in compared]
+    diff = paired_bootstrap_diff(xs, ys) if compared else {"delta": None, "ci_low": None, "ci_high": None, "n": 0}
+    delta, lo, hi = _num(diff["delta"]), _num(diff["ci_low"]), _num(diff["ci_high"])
+    drop = None if delta is None else (-delta if hib else delta)
+    excludes_zero = lo is not None and hi is not None and (hi < 0 if hib else lo > 0)
+    q_b, q_c = mean_ci(xs), mean_ci(ys)
+    metric = task.suite.get("metric")
+    reasons: list[str] = []
+    if drop is not None and drop > tolerance and excludes_zero:
+        reasons.append(f"{metric} dropped by {drop:.3f} (delta {delta:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], "
+                       f"n={diff['n']}), beyond the tolerance {tolerance:g}")
+    if new_err:
+        example = c.rows[new_err[0]].get("error")
+        reasons.append(f"{len(new_err)} sample(s) errored in the candidate that the baseline answered "
+                       f"(e.g. {new_err[0]}: {str(example)[:120]})")
+    routing = None
+    if routing_target is not None:
+        meets = (lambda q: q["ci_low"] is not None and q["ci_low"] >= routing_target) if hib else \
+            (lambda q: q["ci_high"] is not None and q["ci_high"] <= routing_target)
+        routing = {"target": routing_target, "baseline_meets": meets(q_b), "candidate_meets": meets(q_c)}
+        routing["regression"] = routing["baseline_meets"] and not routing["candidate_meets"]
+        if routing["regression"]:
+            bound = q_c["ci_low"] if hib else q_c["ci_high"]
+            reasons.append(f"no longer meets the routing target {routing_target:g}: {metric} "
+                           f"{'lower' if hib else 'upper'} bound {_fmt(bound)} (the baseline met it)")
+    answered = [s for s in shared if s not in b_err | c_err]
+    speed = compare_speed(b.cell, c.cell, [b.rows[s] for s in answered], [c.rows[s] for s in answered],
+                          list(b.rows.values()), list(c.rows.values()), factor=factor)
+    regression = bool(reasons)
+    verdict = REGRESSION if regression else (WORSE_SPEED if speed["worse"] else OK)
+    return {
+        "baseline": _side(b), "candidate": _side(c), "paired_by": how,
+        "samples": {"baseline": len(b.rows), "candidate": len(c.rows), "shared": len(shared),
+                    "compared": len(compared)},
+        "errors": {"baseline": len(b_err), "candidate": len(c_err), "new": len(new_err),
+                   "new_sample_ids": new_err[:20]},
+        "quality": {"metric": metric, "higher_is_better": hib, "tolerance": tolerance,
+                    "baseline": _q(q_b), "candidate": _q(q_c),
+                    "delta": delta, "ci_low": lo, "ci_high": hi, "n": diff["n"]},
+        "routing": routing, "speed": speed,
+        "regression": regression, "speed_worse": bool(speed["worse"]), "verdict": verdict, "reasons": reasons,
+        "failed": regression or (gate_speed and bool(speed["worse"])),
+    }
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _q(q: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_num(v) if k in ("mean", "ci_low", "ci_high") else v) for k, v in q.items()}
+
+
+def _side(c: CellData) -> dict[str, Any]:
+    return {"cell": c.cell, "cell_id": c.cell_id, "label": cell_label(c.cell), "short": c.short, "run_id": c.run_id}
+
+
+# ---------------------------------------------------------------- the whole comparison
+
+def compare(baseline: str | Path, candidate: str | Path, *, routing: dict[str, Any] | None = None,
+            routing_path: str | None = None, gate_speed: bool = False,
+            factor: float = DEFAULT_FACTOR) -> dict[str, Any]:
+    """Compare every task both sides ran. Raises UserInputError on bad input; the result's `exit_code` is 0 or 1."""
+    base, cand = load_side(baseline), load_side(candidate)
+    names = sorted(set(base) & set(cand))
+    if not names:
+        raise UserInputError(f"no task in common: the baseline has {', '.join(sorted(base))}; "
+                             f"the candidate has {', '.join(sorted(cand))}", file=str(candidate))
+    routing_tasks = (routing or {}).get("tasks", {})
+    notes: list[str] = []
+    tasks = [_compare_task(base[n], cand[n], routing_tasks, gate_speed, factor, notes) for n in names]
+    for n in sorted(set(base) - set(cand)):
+        notes.append(f"{n}: only in the baseline; not compared")
+    for n in sorted(set(cand) - set(base)):
+        notes.append(f"{n}: only in the candidate; not compared")
+    for n in sorted(set(routing_tasks) - set(names)):
+        notes.append(f"{n}: in the routing file but not compared")
+    regressions = [f"{t['task']}: {p['baseline']['short']} -> {p['candidate']['short']}: {r}"
+                   for t in tasks for p in t["pairs"] if p["verdict"] == REGRESSION for r in p["reasons"]]
+    slower = [f"{t['task']}: {p['baseline']['short']} -> {p['candidate']['short']}: worse "
+              + ", ".join(p["speed"]["worse_details"]) for t in tasks for p in t["pairs"] if p["speed_worse"]]
+    failed = any(p["failed"] for t in tasks for p in t["pairs"])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "baseline": {"path": str(baseline), "runs": {n: base[n].runs for n in sorted(base)}},
+        "candidate": {"path": str(candidate), "runs": {n: cand[n].runs for n in sorted(cand)}},
+        "settings": {"gate_speed": gate_speed, "speed_factor": factor, "memory_factor": factor,
+                     "routing": routing_path, "confidence": 0.95},
+        "tasks": tasks,
+        "regression": any(t["verdict"] == REGRESSION for t in tasks),
+        "failed": failed,
+        "regressions": regressions,
+        "speed_worse": slower,
+        "notes": notes,
+        "exit_code": 1 if failed else 0,
+    }
+
+
+def _compare_task(b: TaskData, c: TaskData, routing_tasks: dict[str, Any], gate_speed: bool, factor: float,
+                  notes: list[str]) -> dict[str, Any]:
+    name = b.name
+    m_b, m_c = b.suite.get("metric"), c.suite.get("metric")
+    if m_b != m_c:
+        raise UserInputError(f"task {name!r}: the baseline scores {m_b}, the candidate {m_c}; "
+                             "their quality is not comparable", field="suite.metric")
+    if not b.cells or not c.cells:
+        side = "baseline" if not b.cells else "candidate"
+        raise UserInputError(f"task {name!r}: the {side} has no sample rows", field="samples.jsonl")
+    if b.identities and c.identities and b.identities != c.identities:
+        notes.append(f"{name}: data, split or prompt differ between the sides (identity "
+                     f"{', '.join(sorted(b.identities))} vs {', '.join(sorted(c.identities))}); "
+                     "samples are matched by id")
+    tol = b.suite.get("tolerance")
+    tol = DEFAULT_TOLERANCE if tol is None else float(tol)
+    if c.suite.get("tolerance") not in (None, tol):
+        notes.append(f"{name}: the candidate's suite sets tolerance {c.suite.get('tolerance')}; "
+                     f"the baseline's {tol:g} is used")
+    hib = _higher_is_better(b.suite.get("task"))
+    policy = routing_tasks.get(name)
+    target = float(policy["target"]) if policy else None
+    pairs_, left_b, left_c = pair_cells(b.cells, c.cells)
+    pairs = [compare_pair(b, pb, pc, how, tol, hib, target, gate_speed, factor) for pb, pc, how in pairs_]
+    for cell in left_b:
+        notes.append(f"{name}: {cell_label(cell.cell)} is only in the baseline; not compared")
+    for cell in left_c:
+        notes.append(f"{name}: {cell_label(cell.cell)} is only in the candidate; not compared")
+    verdicts = {p["verdict"] for p in pairs}
+    verdict = REGRESSION if REGRESSION in verdicts else WORSE_SPEED if WORSE_SPEED in verdicts else OK
+    return {"task": name, "kind": b.suite.get("task"), "metric": m_b, "tolerance": tol,
+            "target": b.suite.get("target"), "routing_target": target, "failed": any(p["failed"] for p in pairs),
+            "identity": sorted(b.identities | c.identities), "pairs": pairs,
+            "not_compared": {"baseline": [x.cell_id for x in left_b], "candidate": [x.cell_id for x in left_c]},
+            "verdict": verdict}

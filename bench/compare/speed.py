@@ -1,0 +1,137 @@
+"""Speed and memory of a candidate cell against a baseline: worse only past a factor AND significantly (asv's rule)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+DEFAULT_FACTOR = 1.10
+N_BOOT = 2000
+SEED = 0
+REMOTE_BACKENDS = ("openai",)  # memory measured there is the client's, not the model's
+
+
+def paired_interval(n: int, diff_of: Callable[[np.ndarray], np.ndarray], *, n_boot: int = N_BOOT,
+                    seed: int = SEED) -> tuple[float, float] | None:
+    """95% percentile-bootstrap interval of a (candidate - baseline) statistic.
+
+    The shared samples are resampled together (a paired bootstrap), so each resample compares the two cells on
+    the same requests; `diff_of(idx)` gets an (n_boot, n) index matrix and returns one difference per row."""
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    d = np.asarray(diff_of(rng.integers(0, n, size=(n_boot, n))), dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return None
+    return float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))
+
+
+def judge(base: float | None, cand: float | None, *, lower_is_better: bool, interval: tuple[float, float] | None,
+          factor: float, comparable: bool = True) -> dict[str, Any]:
+    """Worse (or better) when the ratio passes the factor and the interval excludes zero on that side.
+
+    Without an interval (one measurement, or under two samples) the ratio decides alone, as asv does."""
+    out: dict[str, Any] = {"baseline": _num(base), "candidate": _num(cand), "ratio": None,
+                           "ci_diff": list(interval) if interval else None, "significant": None, "verdict": "n/a"}
+    if base is None or cand is None or not base > 0 or not cand > 0:
+        return out
+    ratio = cand / base
+    worse_ratio = ratio if lower_is_better else 1.0 / ratio  # above 1: the candidate is worse
+    sig_worse = sig_better = None
+    if interval is not None:
+        lo, hi = interval
+        sig_worse = lo > 0 if lower_is_better else hi < 0
+        sig_better = hi < 0 if lower_is_better else lo > 0
+        out["significant"] = bool(sig_worse or sig_better)
+    out["ratio"] = ratio
+    if not comparable:
+        return out
+    if worse_ratio > factor and sig_worse is not False:
+        out["verdict"] = "worse"
+    elif worse_ratio < 1.0 / factor and sig_better is not False:
+        out["verdict"] = "better"
+    else:
+        out["verdict"] = "same"
+    return out
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _pairs(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    keep = [(b[key], c[key]) for b, c in zip(b_rows, c_rows)
+            if isinstance(b.get(key), (int, float)) and isinstance(c.get(key), (int, float))]
+    arr = np.asarray(keep, dtype=float).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def _decode_parts(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]]) -> np.ndarray:
+    """Per shared sample: decoded tokens after the first and decode seconds, for each side (n x 4)."""
+    out = []
+    for b, c in zip(b_rows, c_rows):
+        parts = []
+        for r in (b, c):
+            tok, sec = (r.get("completion_tokens") or 0) - 1, r.get("decode_s")
+            parts += [tok, sec] if tok > 0 and isinstance(sec, (int, float)) and sec > 0 else [math.nan, math.nan]
+        if not any(math.isnan(p) for p in parts):
+            out.append(parts)
+    return np.asarray(out, dtype=float).reshape(-1, 4)
+
+
+def _peak(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return max(vals) if vals else None
+
+
+def compare_speed(b_cell: dict[str, Any], c_cell: dict[str, Any], b_rows: list[dict[str, Any]],
+                  c_rows: list[dict[str, Any]], b_all: list[dict[str, Any]], c_all: list[dict[str, Any]], *,
+                  factor: float = DEFAULT_FACTOR) -> dict[str, Any]:
+    """p95 latency, decode tokens/s and peak memory. b_rows/c_rows: the samples both cells answered, aligned;
+    b_all/c_all: every row of each cell (peak memory is the cell's peak)."""
+    comparable = b_cell.get("hardware") == c_cell.get("hardware")
+    note = None if comparable else (f"different hardware ({b_cell.get('hardware')} vs {c_cell.get('hardware')}): "
+                                    "speed and memory are shown, not judged")
+    x, y = _pairs(b_rows, c_rows, "latency_s")
+    lat = judge(np.percentile(x, 95) if x.size else None, np.percentile(y, 95) if y.size else None,
+                lower_is_better=True, factor=factor, comparable=comparable,
+                interval=paired_interval(x.size, lambda i: np.percentile(y[i], 95, axis=1)
+                                         - np.percentile(x[i], 95, axis=1)))
+    lat["n"] = int(x.size)
+    d = _decode_parts(b_rows, c_rows)
+
+    def rate(cols: np.ndarray, i: np.ndarray | None = None) -> Any:
+        tok, sec = (cols[:, 0], cols[:, 1]) if i is None else (cols[:, 0][i], cols[:, 1][i])
+        return tok.sum(axis=-1) / sec.sum(axis=-1)
+
+    dec = judge(rate(d[:, 0:2]) if len(d) else None, rate(d[:, 2:4]) if len(d) else None,
+                lower_is_better=False, factor=factor, comparable=comparable,
+                interval=paired_interval(len(d), lambda i: rate(d[:, 2:4], i) - rate(d[:, 0:2], i)))
+    dec["n"] = int(len(d))
+    memory_ok = comparable and not ({b_cell.get("backend"), c_cell.get("backend")} & set(REMOTE_BACKENDS))
+    if comparable and not memory_ok:
+        note = "a remote backend: memory measured here is the client's, shown, not judged"
+    metrics = {"latency_p95_s": lat, "decode_tps": dec}
+    for key, col in (("peak_rss_mb", "rss_peak_mb"), ("peak_gpu_mb", "gpu_peak_mb")):
+        wb, wc = _pairs(b_rows, c_rows, col)  # per-sample window peaks: the distribution the test uses
+        metrics[key] = judge(_peak(b_all, col), _peak(c_all, col), lower_is_better=True, factor=factor,
+                             comparable=memory_ok,
+                             interval=paired_interval(wb.size, lambda i: wc[i].mean(axis=1) - wb[i].mean(axis=1)))
+    names = {"latency_p95_s": ("p95 latency", "s", 3), "decode_tps": ("decode", "tok/s", 1),
+             "peak_rss_mb": ("peak RSS", "MB", 0), "peak_gpu_mb": ("peak GPU memory", "MB", 0)}
+    worse = [k for k, m in metrics.items() if m["verdict"] == "worse"]
+    details = []
+    for k in worse:
+        label, unit, digits = names[k]
+        m = metrics[k]
+        details.append(f"{label} {m['baseline']:.{digits}f} -> {m['candidate']:.{digits}f} {unit} "
+                       f"(x{m['ratio']:.2f})")
+    return {"comparable": comparable, "note": note, "factor": factor, **metrics, "worse": worse,
+            "worse_details": details}

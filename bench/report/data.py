@@ -1,0 +1,366 @@
+"""The report's data layer: loads runs once into flat per-cell rows, latency samples and example answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.errors import UserInputError
+from bench.results.schema import cell_label, check_version
+from bench.results.store import RunDir, find_runs, read_json
+from bench.results.summary import build_summary, latest_per_sample
+from bench.stats import Z95, paired_bootstrap_diff
+
+MAX_DIST = 2000         # latency values kept per cell for the distribution plots (quantiles of the rest)
+EXAMPLE_SAMPLES = 3     # samples per task shown with every cell's answer
+OUTPUT_CHARS = 1200     # an answer longer than this is cut in the examples table
+INPUT_CHARS = 600       # likewise the dataset text beside it
+DATASET_MAX_BYTES = 64 * 2**20
+# The bulky per-token fields, cut from each line before parsing when summary.json already holds what they give.
+# A quoted key followed by ':' cannot occur inside a JSON string (its quotes would be escaped there).
+_BULKY = re.compile(rb'"(?:timings|token_logprobs)"\s*:\s*(?:\{[^{}]*\}|\[[^\[\]]*\])')
+
+
+@dataclass
+class ReportData:
+    """Everything the page shows, already flat: figures and tables are pure functions of it."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    dists: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    routing: dict[str, Any] | None = None
+    routing_path: str | None = None
+
+    def task_cells(self, task: str) -> list[dict[str, Any]]:
+        return [c for c in self.cells if c["task"] == task]
+
+
+def num(value: Any) -> float | None:
+    """A finite float, or None for anything else (null, NaN, a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _get(doc: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(k)
+    return doc
+
+
+def thin(values: list[float], limit: int = MAX_DIST) -> list[float]:
+    """Keep a distribution's shape with at most `limit` points: evenly spaced quantiles of the sorted values."""
+    if len(values) <= limit:
+        return values
+    arr = np.sort(np.asarray(values, dtype=float))
+    return np.quantile(arr, np.linspace(0.0, 1.0, limit)).round(6).tolist()
+
+
+def load_routing(path: str | Path) -> dict[str, Any]:
+    """Read a routing.json; an unreadable file or one without a `tasks` object is a user error."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserInputError("expected a routing.json file, got a directory", file=str(p))
+    try:
+        doc = read_json(p)
+    except UnicodeDecodeError:
+        raise UserInputError("not a text file", file=str(p)) from None
+    except OSError as exc:
+        raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(p)) from None
+    if not isinstance(doc.get("tasks"), dict):
+        raise UserInputError("no `tasks` object: not a routing.json written by `bench thresholds`",
+                             file=str(p), field="tasks")
+    return doc
+
+
+def load_report_data(results: list[str | Path], routing: str | Path | None = None) -> ReportData:
+    """Load every run at or below `results` into flat rows (each run read once)."""
+    if not results:
+        raise UserInputError("no results directories given", field="RESULTS")
+    data = ReportData()
+    if routing:
+        data.routing = load_routing(routing)
+        data.routing_path = str(routing)
+    runs = find_runs(list(results))
+    datasets: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, dict[str, tuple]] = {}
+    for run in runs:
+        _load_run(run, data, datasets, outputs)
+    if not data.cells:
+        raise UserInputError("no cells found: the runs have no samples yet",
+                             file=", ".join(str(r) for r in results))
+    _disambiguate(data.cells)
+    data.cells.sort(key=lambda c: (c["task"], c["model"], c["quantization"] or "", c["backend"], c["hardware"],
+                                   c["run_id"]))
+    for task in data.tasks:
+        data.examples[task["key"]] = _examples(data.task_cells(task["key"]), data.scores, outputs,
+                                               datasets.get(task["key"]))
+    return data
+
+
+def _load_run(run: RunDir, data: ReportData, datasets: dict[str, dict[str, Any]],
+              outputs: dict[str, dict[str, tuple]]) -> None:
+    manifest = run.manifest()
+    has_summary = run.summary_path.exists()
+    rows = latest_per_sample(read_samples(run.samples_path, lean=has_summary))
+    if has_summary:
+        summary = read_json(run.summary_path)
+    elif rows:  # a run still going (or killed): its summary is derived from its samples, as `bench run` would
+        summary = build_summary(rows, manifest)
+    else:
+        return
+    suite = manifest.get("suite") if isinstance(manifest.get("suite"), dict) else {}
+    run_id = str(manifest.get("run_id") or summary.get("run_id") or run.path.name)
+    task = str(suite.get("name") or summary.get("suite") or run.path.parent.name)
+    kind = suite.get("task") or summary.get("task")
+    if task not in {t["key"] for t in data.tasks}:
+        data.tasks.append({"key": task, "kind": kind, "metric": suite.get("metric"),
+                           "target": num(suite.get("target", summary.get("target"))),
+                           "higher_is_better": _higher_is_better(kind),
+                           "description": _get(suite, "config", "description") or ""})
+        datasets[task] = {"config": _get(suite, "config", "dataset") or {}, "suite_path": suite.get("path")}
+    hw = manifest.get("hardware") if isinstance(manifest.get("hardware"), dict) else {}
+    data.runs.append({"run_id": run_id, "task": task, "path": str(run.path), "started_at": manifest.get("started_at"),
+                      "finished_at": manifest.get("finished_at"), "hardware": hw.get("profile") or hw.get("note"),
+                      "bench_version": manifest.get("bench_version"), "n_samples": len(rows)})
+    by_cell: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_cell[str(r.get("cell_id"))].append(r)
+    for c in summary.get("cells") or []:
+        if not isinstance(c, dict) or not isinstance(c.get("cell"), dict):
+            continue
+        row = _flat_cell(c, task, run_id, suite)
+        data.cells.append(row)
+        key = row["key"]
+        ttft, lat, scores, outs = [], [], {}, {}
+        for r in by_cell.get(row["cell_id"], []):
+            sid = str(r.get("sample_id"))
+            score = num(r.get("score"))
+            if not r.get("error"):
+                if (t := num(r.get("ttft_s"))) is not None:
+                    ttft.append(t)
+                if (t := num(r.get("latency_s"))) is not None:
+                    lat.append(t)
+                if score is not None:
+                    scores[sid] = score
+            out = r.get("output")
+            outs[sid] = (r.get("split"), None if out is None else str(out)[:OUTPUT_CHARS + 1], score,
+                         r.get("verified"), r.get("error"))
+        if not ttft:
+            ttft = [v for v in map(num, c.get("ttft_raw_s") or []) if v is not None]
+        if not lat:
+            lat = [v for v in map(num, c.get("latency_raw_s") or []) if v is not None]
+        data.dists[key] = {"ttft": thin(ttft), "latency": thin(lat)}
+        data.scores[key] = scores
+        outputs[key] = outs
+
+
+def read_samples(path: Path, lean: bool = False) -> list[dict[str, Any]]:
+    """samples.jsonl as store.iter_samples reads it (a torn last line skipped); `lean` drops the per-token
+    timings and log-probabilities first, which makes 100k rows several times faster to parse."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    lines = raw.split(b"\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(_BULKY.sub(b'"_": null', line) if lean else line)
+        except ValueError:
+            try:
+                row = json.loads(line)  # a line the cut could not handle: parse it whole
+            except ValueError:
+                if i == len(lines):  # an interrupted final write
+                    continue
+                raise UserInputError(f"line {i} is not valid JSON", file=str(path)) from None
+        if not isinstance(row, dict):
+            raise UserInputError(f"line {i} is not a JSON object", file=str(path))
+        row.pop("_", None)
+        rows.append(check_version(row, f"{path}:{i}"))
+    return rows
+
+
+def _higher_is_better(kind: Any) -> bool:
+    try:
+        from bench.tasks.base import get_task
+
+        return bool(get_task(str(kind)).higher_is_better)
+    except Exception:  # an unknown or newer task kind: quality scores are higher-is-better by convention
+        return True
+
+
+def _flat_cell(c: dict[str, Any], task: str, run_id: str, suite: dict[str, Any]) -> dict[str, Any]:
+    cell = c["cell"]
+    q = c.get("quality") if isinstance(c.get("quality"), dict) else {}
+    cell_id = str(c.get("cell_id") or cell)
+    return {
+        "key": f"{run_id}|{cell_id}", "task": task, "run_id": run_id, "cell_id": cell_id, "cell": cell,
+        "model": str(cell.get("model") or "?"), "quantization": cell.get("quantization"),
+        "backend": str(cell.get("backend") or "?"), "hardware": str(cell.get("hardware") or "?"),
+        "label": cell_label({**cell, "model": cell.get("model") or "?", "backend": cell.get("backend") or "?"}),
+        "locality": c.get("locality"), "n": int(num(c.get("n")) or 0), "errors": int(num(c.get("errors")) or 0),
+        "error_examples": [str(e) for e in (c.get("error_examples") or [])][:3],
+        "metric": q.get("metric") or suite.get("metric"),
+        "quality": num(q.get("mean")), "ci_low": num(q.get("ci_low")), "ci_high": num(q.get("ci_high")),
+        "ttft_p50": num(_get(c, "ttft_s", "p50")), "ttft_p95": num(_get(c, "ttft_s", "p95")),
+        "latency_p50": num(_get(c, "latency_s", "p50")), "latency_p95": num(_get(c, "latency_s", "p95")),
+        **{k: num(c.get(k)) for k in ("prefill_tps", "decode_tps", "decode_ceiling_tps", "bandwidth_utilization",
+                                      "peak_rss_mb", "model_rss_mb", "peak_gpu_mb", "cost_per_1k_usd", "energy_j")},
+    }
+
+
+def _disambiguate(cells: list[dict[str, Any]]) -> None:
+    """Two runs of one cell on one task (a rerun, another day) get the run id in their label."""
+    seen: dict[tuple[str, str], int] = defaultdict(int)
+    for c in cells:
+        seen[(c["task"], c["label"])] += 1
+    for c in cells:
+        if seen[(c["task"], c["label"])] > 1:
+            c["label"] = f"{c['label']} [{c['run_id']}]"
+
+
+# ---------------------------------------------------------------- derived tables
+
+def frontier(points: list[tuple[float, float, str]], higher_is_better: bool = True) -> list[str]:
+    """Keys of the cost-quality Pareto frontier: no other point is both cheaper (or equal) and better."""
+    sign = 1.0 if higher_is_better else -1.0
+    best = -math.inf
+    keep = []
+    for cost, quality, key in sorted(points, key=lambda p: (p[0], -sign * p[1])):
+        if sign * quality > best:
+            keep.append(key)
+            best = sign * quality
+    return keep
+
+
+def quant_deltas(cells: list[dict[str, Any]], scores: dict[str, dict[str, float]],
+                 higher_is_better: bool = True) -> list[dict[str, Any]]:
+    """Per model (on one backend and machine) with several quantizations: each one's quality minus the best's,
+    paired on the samples both answered, with a 95% interval."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for c in cells:
+        if c["quality"] is not None:
+            groups[(c["model"], c["backend"], c["hardware"])].append(c)
+    out = []
+    for (model, backend, hardware), group in sorted(groups.items()):
+        if len({c["quantization"] for c in group}) < 2:
+            continue
+        sign = 1.0 if higher_is_better else -1.0
+        best = max(group, key=lambda c: sign * c["quality"])
+        for c in sorted(group, key=lambda c: str(c["quantization"])):
+            row = {"model": model, "backend": backend, "hardware": hardware, "quantization": c["quantization"],
+                   "best_quantization": best["quantization"], "label": c["label"], "quality": c["quality"],
+                   "is_best": c is best}
+            row.update(_paired(scores.get(best["key"], {}), scores.get(c["key"], {}), best["quality"], c["quality"])
+                       if c is not best else {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": None})
+            out.append(row)
+    return out
+
+
+def _paired(base: dict[str, float], other: dict[str, float], base_mean: float, other_mean: float) -> dict[str, Any]:
+    shared = sorted(set(base) & set(other))
+    if not shared:  # nothing to pair on: the difference of the means, without an interval
+        return {"delta": other_mean - base_mean, "ci_low": None, "ci_high": None, "n": 0}
+    a = [base[s] for s in shared]
+    b = [other[s] for s in shared]
+    if len(shared) <= 5000:
+        d = paired_bootstrap_diff(a, b, n_boot=1000)
+        return {"delta": d["delta"], "ci_low": d["ci_low"], "ci_high": d["ci_high"], "n": d["n"]}
+    diff = np.asarray(b) - np.asarray(a)  # large n: the normal interval is as good and far cheaper
+    half = Z95 * float(diff.std(ddof=1)) / math.sqrt(diff.size)
+    m = float(diff.mean())
+    return {"delta": m, "ci_low": m - half, "ci_high": m + half, "n": int(diff.size)}
+
+
+# ---------------------------------------------------------------- example answers
+
+def _examples(cells: list[dict[str, Any]], scores: dict[str, dict[str, float]],
+              outputs: dict[str, dict[str, tuple]], dataset: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A few samples where the cells disagree most, each with every cell's answer and the dataset text."""
+    per_sample: dict[str, list[float]] = defaultdict(list)
+    errored: set[str] = set()
+    for c in cells:
+        for sid, s in scores.get(c["key"], {}).items():
+            per_sample[sid].append(s)
+        for sid, rec in outputs.get(c["key"], {}).items():
+            if rec[4]:
+                errored.add(sid)
+    ids = sorted(set(per_sample) | errored)
+    ranked = sorted(ids, key=lambda s: (-(float(np.var(per_sample[s])) if len(per_sample[s]) > 1 else 0.0), s))
+    chosen = ranked[:EXAMPLE_SAMPLES]
+    if errored and not errored & set(chosen):  # show one failure too, when a cell had any
+        chosen = chosen[:EXAMPLE_SAMPLES - 1] + [sorted(errored)[0]]
+    texts = _dataset_text(dataset or {}, set(chosen))
+    out = []
+    for sid in chosen:
+        answers = []
+        split = None
+        for c in cells:
+            rec = outputs.get(c["key"], {}).get(sid)
+            if rec is None:
+                continue
+            split = split or rec[0]
+            answers.append({"label": c["label"], "output": rec[1], "score": rec[2], "verified": rec[3],
+                            "error": rec[4]})
+        inp, ref = texts.get(sid, (None, None))
+        out.append({"sample_id": sid, "split": split, "input": inp, "reference": ref, "answers": answers})
+    return out
+
+
+def _dataset_text(dataset: dict[str, Any], ids: set[str]) -> dict[str, tuple[str | None, str | None]]:
+    """Input and reference text of a few samples, read from the suite's local JSONL file where it still exists."""
+    cfg = dataset.get("config") or {}
+    path = cfg.get("path")
+    if not ids or not isinstance(path, str) or not path:
+        return {}
+    candidates = [Path(path)]
+    if not Path(path).is_absolute() and isinstance(dataset.get("suite_path"), str):
+        candidates.insert(0, Path(dataset["suite_path"]).parent / path)
+    found = next((p for p in candidates if p.is_file() and p.suffix == ".jsonl"), None)
+    if found is None or found.stat().st_size > DATASET_MAX_BYTES:
+        return {}
+    id_field = cfg.get("id_field") or "id"
+    fields = [f for f in (cfg.get("input_fields") or []) if isinstance(f, str)]
+    ref_field = cfg.get("reference_field")
+    out: dict[str, tuple[str | None, str | None]] = {}
+    try:
+        with found.open(encoding="utf-8") as f:
+            for line in f:
+                if len(out) == len(ids):
+                    break
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(row, dict) or str(row.get(id_field)) not in ids:
+                    continue
+                parts = [(k, row.get(k)) for k in fields if row.get(k) is not None]
+                inp = "\n".join(f"{k}: {_text(v)}" if len(parts) > 1 else _text(v) for k, v in parts)
+                ref = row.get(ref_field) if isinstance(ref_field, str) else None
+                out[str(row.get(id_field))] = (inp[:INPUT_CHARS + 1] or None,
+                                               None if ref is None else _text(ref)[:INPUT_CHARS + 1])
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return out
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,173 @@
+"""The report's routing section: tiers, thresholds, expected quality, cost and escalation, and the savings.
+
+routing.json comes from `bench thresholds`; CONTRACT.md fixes its required keys and anything else in it is
+shown as found, so every key is read defensively and a newer writer's additions still appear.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+
+from bench.results.schema import cell_label
+
+KNOWN_TASK_KEYS = ("target", "metric", "tiers", "default", "expected")
+KNOWN_TOP_KEYS = ("schema_version", "created_at", "sources", "tasks")
+
+
+def e(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def cell_text(cell: Any) -> str:
+    """A routing.json cell as text: a cell object gets its short label, a cell id stays as it is."""
+    if isinstance(cell, dict) and cell.get("model"):
+        return cell_label({**cell, "backend": cell.get("backend") or "?"})
+    if isinstance(cell, dict):
+        return json.dumps(cell, sort_keys=True)
+    return "—" if cell is None else str(cell)
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _quality(q: Any) -> tuple[float | None, float | None, float | None]:
+    if isinstance(q, dict):
+        return _number(q.get("mean")), _number(q.get("ci_low")), _number(q.get("ci_high"))
+    return _number(q), None, None
+
+
+def _quality_text(q: Any) -> str:
+    mean, lo, hi = _quality(q)
+    if mean is None:
+        return "—"
+    return f"{mean:.3f}" + ("" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]")
+
+
+def _cost(d: dict[str, Any]) -> float | None:
+    for k in ("cost_per_1k_usd", "cost_per_1k", "cost_per_1k_requests_usd"):
+        if _number(d.get(k)) is not None:
+            return _number(d.get(k))
+    return None
+
+
+def routing_for_task(routing: dict[str, Any] | None, task: dict[str, Any]) -> dict[str, Any] | None:
+    """The routing entry for a report task (by suite name, else by task kind), with its expected point."""
+    tasks = (routing or {}).get("tasks")
+    if not isinstance(tasks, dict):
+        return None
+    entry = tasks.get(task["key"])
+    if entry is None and task.get("kind"):
+        entry = tasks.get(task["kind"])
+    if not isinstance(entry, dict):
+        return None
+    expected = entry.get("expected") if isinstance(entry.get("expected"), dict) else {}
+    q, cost = _quality(expected.get("quality"))[0], _cost(expected)
+    point = {"quality": q, "cost_per_1k_usd": cost} if q is not None and cost is not None else None
+    return {"entry": entry, "expected_point": point}
+
+
+def render_routing(doc: dict[str, Any] | None, path: str | None) -> str:
+    """The whole routing section."""
+    if doc is None:
+        return ""
+    tasks = doc.get("tasks") if isinstance(doc.get("tasks"), dict) else {}
+    sources = doc.get("sources")
+    head = (f"<p class=\"meta\">from {e(path)} · created {e(doc.get('created_at') or '?')} · sources: "
+            f"{e(', '.join(map(str, sources)) if isinstance(sources, list) else sources or '?')}</p>")
+    extra = {k: v for k, v in doc.items() if k not in KNOWN_TOP_KEYS}
+    body = "".join(_task(name, t) for name, t in tasks.items()) or '<p class="note">routing.json has no tasks</p>'
+    more = f"<h3>Other fields</h3>{kv(extra)}" if extra else ""
+    return (f'<section id="routing"><h2>Routing policy</h2>{head}<p class="note">Tiers are ordered cheapest '
+            "first. A router sends each request to the default tier and accepts its answer when the signal reaches "
+            "the threshold, else escalates to the next tier. Expected numbers are measured on holdout samples."
+            f"</p>{body}{more}</section>")
+
+
+def _task(name: str, t: Any) -> str:
+    if not isinstance(t, dict):
+        return f"<h3>{e(name)}</h3>{kv(t)}"
+    tiers = t.get("tiers") if isinstance(t.get("tiers"), list) else []
+    rows = []
+    for i, tier in enumerate(tiers, 1):
+        if not isinstance(tier, dict):
+            rows.append(f"<tr><td>{i}</td><td colspan=\"7\">{kv(tier)}</td></tr>")
+            continue
+        meets = tier.get("meets_target")
+        rows.append(
+            f"<tr><td>{i}</td><td>{e(cell_text(tier.get('cell')))}</td><td>{e(tier.get('locality') or '—')}</td>"
+            f"<td class=\"num\">{e(_quality_text(tier.get('quality')))}</td>"
+            f"<td class=\"num\">{e(_fmt(_cost(tier), '.4g'))}</td>"
+            f"<td class=\"num\">{e(_fmt(_number(tier.get('latency_p95_s')), '.3g'))}</td>"
+            f"<td>{'—' if meets is None else ('yes' if meets else 'no')}</td>"
+            f"<td>{e(_accept(tier.get('accept_if'), i == len(tiers)))}</td></tr>")
+    table = ("<div class=\"scroll\"><table><thead><tr><th>#</th><th>tier (cell)</th><th>locality</th>"
+             "<th>quality [95% CI]</th><th>$ / 1k req</th><th>p95 latency (s)</th><th>meets target alone</th>"
+             f"<th>accept if</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>") if rows else (
+        '<p class="note">no tiers</p>')
+    expected = t.get("expected")
+    exp_html = ""
+    if isinstance(expected, dict):
+        shown = {"quality": _quality_text(expected.get("quality")),
+                 "cost per 1k requests ($)": _fmt(_cost(expected), ".4g"),
+                 "escalation rate": _fmt(_number(expected.get("escalation_rate")), ".1%")}
+        rest = {k: v for k, v in expected.items()
+                if k not in ("quality", "cost_per_1k_usd", "cost_per_1k", "escalation_rate")}
+        exp_html = f"<h4>Expected on holdout</h4>{kv({**shown, **rest})}"
+    elif expected is not None:
+        exp_html = f"<h4>Expected on holdout</h4>{kv(expected)}"
+    extra = {k: v for k, v in t.items() if k not in KNOWN_TASK_KEYS}
+    extra_html = f"<h4>Savings, baselines and constraints</h4>{kv(extra)}" if extra else ""
+    return (f"<h3>{e(name)}</h3><p class=\"meta\">metric {e(t.get('metric') or '?')} · target "
+            f"{e(_fmt(_number(t.get('target')), '.3g'))} · default tier: <b>{e(cell_text(t.get('default')))}</b></p>"
+            f"{table}{exp_html}{extra_html}")
+
+
+def _accept(rule: Any, last: bool) -> str:
+    if isinstance(rule, dict):
+        signal = rule.get("signal") or "confidence"
+        thr = _number(rule.get("threshold"))
+        if thr is None:
+            return "always (final tier)" if last else f"{signal}: {rule.get('threshold')}"
+        return f"{signal} ≥ {thr:.4g}"
+    if rule is None:
+        return "always (final tier)" if last else "—"
+    return str(rule)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "—" if v is None else f"{v:{spec}}"
+
+
+def kv(obj: Any, depth: int = 0) -> str:
+    """Any JSON value as escaped HTML: objects as key/value tables, lists of objects as tables."""
+    if isinstance(obj, dict):
+        if not obj:
+            return "—"
+        if depth > 3:
+            return f"<pre>{e(json.dumps(obj, indent=1, default=str))}</pre>"
+        rows = "".join(f"<tr><td>{e(k)}</td><td>{kv(v, depth + 1)}</td></tr>" for k, v in obj.items())
+        return f'<table class="kv"><tbody>{rows}</tbody></table>'
+    if isinstance(obj, list):
+        if all(not isinstance(v, (dict, list)) for v in obj):
+            return e(", ".join(_scalar(v) for v in obj)) or "—"
+        if all(isinstance(v, dict) for v in obj) and depth <= 3:
+            keys = list(dict.fromkeys(k for v in obj for k in v))[:12]
+            head = "".join(f"<th>{e(k)}</th>" for k in keys)
+            body = "".join("<tr>" + "".join(f"<td>{kv(v.get(k), depth + 1)}</td>" for k in keys) + "</tr>"
+                           for v in obj)
+            return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return f"<pre>{e(json.dumps(obj, indent=1, default=str))}</pre>"
+    return e(_scalar(obj))
+
+
+def _scalar(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,216 @@
+"""A router a service can import: read routing.json, pick the first tier, accept or escalate, run the cascade."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserInputError, did_you_mean
+from bench.thresholds import ROUTING_SCHEMA_VERSION, validate_routing
+
+LOCAL_KINDS = ("llamacpp", "fake", "vllm")
+
+
+class Router:
+    """Follows the per-task policies of one routing.json. Backends load on first use and are kept per tier."""
+
+    def __init__(self, doc: dict[str, Any], path: str | None = None):
+        self.doc = doc
+        self.path = path
+        self._backends: dict[str, Any] = {}
+        self._costs: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ loading and lookups
+    @classmethod
+    def load(cls, path: str | Path) -> Router:
+        """Read and validate a routing.json; a file from a newer bench is refused."""
+        where = str(path)
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserInputError("file not found", file=where) from None
+        except ValueError as exc:
+            raise UserInputError(f"not valid JSON: {exc}", file=where) from None
+        version = doc.get("schema_version") if isinstance(doc, dict) else None
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise UserInputError("no schema_version: not a routing file", file=where, field="schema_version")
+        if version > ROUTING_SCHEMA_VERSION:
+            raise UserInputError(f"schema_version {version} is newer than this bench understands "
+                                 f"({ROUTING_SCHEMA_VERSION})", file=where, field="schema_version",
+                                 hint="upgrade bench")
+        validate_routing(doc, where)
+        return cls(doc, where)
+
+    def tasks(self) -> list[str]:
+        return sorted(self.doc["tasks"])
+
+    def _task(self, task: str) -> dict[str, Any]:
+        tasks = self.doc["tasks"]
+        if task not in tasks:
+            raise UserInputError(f"no task {task!r} in the routing file; known: {', '.join(sorted(tasks))}",
+                                 file=self.path, field="tasks", hint=did_you_mean(task, tasks))
+        return tasks[task]
+
+    def _tier(self, task: str, cell: str) -> dict[str, Any]:
+        for tier in self._task(task)["tiers"]:
+            if tier["cell"] == cell:
+                return tier
+        known = [t["cell"] for t in self._task(task)["tiers"]]
+        raise UserInputError(f"task {task!r} has no tier {cell!r}", file=self.path, field=f"tasks.{task}.tiers",
+                             hint=did_you_mean(cell, known))
+
+    def chain(self, task: str) -> list[str]:
+        """The tiers a request may pass through, in order."""
+        return list((self._task(task).get("policy") or {}).get("chain") or [])
+
+    def first(self, task: str) -> str:
+        """The cell to send a request of this task to first."""
+        t = self._task(task)
+        if not t.get("default"):
+            raise UserInputError(f"task {task!r} has no eligible tier: {t['expected'].get('message', '')}",
+                                 file=self.path, field=f"tasks.{task}.default")
+        return t["default"]
+
+    def accept(self, task: str, cell: str, confidence: float | None, verified: bool) -> bool:
+        """True: keep this tier's answer; False: escalate to the next tier of the chain."""
+        rule = self._tier(task, cell)["accept_if"]
+        signal = rule["signal"]
+        if signal == "always":
+            return True
+        if signal == "never":
+            return False
+        if not verified:
+            return False
+        if signal == "verified":
+            return True
+        return (confidence is not None and isinstance(confidence, (int, float)) and math.isfinite(confidence)
+                and confidence >= rule["threshold"])
+
+    # ------------------------------------------------------------------ running the cascade
+    def _backend(self, tier: dict[str, Any]) -> tuple[Any, Any]:
+        """The loaded backend and cost model of a tier, created on first use."""
+        cell = tier["cell"]
+        if cell in self._backends:
+            return self._backends[cell], self._costs[cell]
+        from types import SimpleNamespace
+
+        from pydantic import TypeAdapter
+
+        from bench.backends import create_backend
+        from bench.config.suite import BackendConfig, ModelRef
+        from bench.runner import CellPlan, CostModel
+
+        rt = tier.get("runtime") or {}
+        if not rt.get("backend"):
+            raise UserInputError(f"tier {cell!r} has no backend config in the routing file (its run predates "
+                                 "cell_backends in manifests); rerun the suite", file=self.path)
+        cfg = TypeAdapter(BackendConfig).validate_python(rt["backend"])
+        model: Any = None
+        if cfg.kind == "fake":
+            from bench.models.resolve import ResolvedModel
+
+            model = ResolvedModel(id=rt["model"], quantization=rt.get("quantization") or "", path=Path(),
+                                  sha256="", size_bytes=0, chat=rt.get("chat", True))
+        elif cfg.kind in LOCAL_KINDS:
+            from bench.models import resolve_model
+
+            ref = ModelRef.model_validate(rt["model_ref"]) if rt.get("model_ref") else ModelRef(id=rt["model"])
+            if rt.get("chat") is not None:
+                ref = ref.model_copy(update={"chat": rt["chat"]})
+            model = resolve_model(ref, rt.get("quantization"), quiet=True)
+        backend = create_backend(cfg, model)
+        backend.load()
+        hourly = rt.get("usd_per_hour")
+        price = SimpleNamespace(cost_per_hour_usd=hourly)
+        local = cfg.kind in LOCAL_KINDS
+        plan = CellPlan(cell=dict(tier.get("cell_detail") or {"model": rt["model"], "backend": cfg.kind}),
+                        backend=cfg, model_ref=None, locality=tier["locality"])
+        hw = getattr(cfg, "hardware", None)
+        cost = CostModel(plan, price if local and hourly is not None else None,
+                         {hw: price} if not local and hw and hourly is not None else {})
+        self._backends[cell], self._costs[cell] = backend, cost
+        return backend, cost
+
+    def run(self, task: str, sample: dict[str, Any]) -> dict[str, Any]:
+        """Send one sample through the task's cascade; returns the answer, the tiers it took, confidences, cost.
+
+        `sample` holds the suite's input fields; with the reference field too, the result carries its score."""
+        from pydantic import TypeAdapter
+
+        from bench.config.suite import GenerationConfig, PromptConfig, TaskConfig
+        from bench.data import Sample
+        from bench.measure.timing import derive
+        from bench.runner import build_requests, confidence_of
+        from bench.tasks import get_task
+
+        t = self._task(task)
+        rt = t.get("runtime")
+        if not rt:
+            raise UserInputError(f"task {task!r} has no runtime section (the runs held no suite config)",
+                                 file=self.path, field=f"tasks.{task}.runtime")
+        chain = self.chain(task) or [self.first(task)]
+        ds = rt["dataset"]
+        options = TypeAdapter(TaskConfig).validate_python(rt["task"])
+        kind = get_task(options.kind)
+        ref_field = ds.get("reference_field")
+        reference = sample.get(ref_field) if ref_field else None
+        if isinstance(reference, str) and options.kind == "extract":
+            try:
+                reference = json.loads(reference)
+            except ValueError:
+                reference = None
+        scoring_ref = reference if reference is not None else ({} if options.kind == "extract" else "")
+        shaped = _PromptOnly(PromptConfig.model_validate(rt["prompt"]),
+                             GenerationConfig.model_validate(rt["generation"]))
+        item = Sample(id=str(sample.get(ds.get("id_field") or "id", "request")), fields=dict(sample),
+                      reference=reference, split="holdout")
+        steps: list[dict[str, Any]] = []
+        for cell in chain:
+            tier = self._tier(task, cell)
+            backend, cost_model = self._backend(tier)
+            request = build_requests(shaped, [item], bool((tier.get("runtime") or {}).get("chat", True)))[0]
+            gen = backend.generate([request])[0].to_dict()
+            error = gen.get("error")
+            scored = None if error else kind.score(gen.get("text") or "", scoring_ref, item.fields, options)
+            timings = {k: gen.get(k) for k in ("t_first_token", "t_prefill_end", "token_times", "t_end")}
+            step = {"cell": cell, "output": gen.get("text"), "parsed": scored.parsed if scored else None,
+                    "verified": bool(scored.verified) if scored else False,
+                    "confidence": confidence_of(gen.get("token_logprobs")),
+                    "score": (scored.scores.get(t["metric"]) if scored else 0.0) if reference is not None else None,
+                    "cost_usd": None if error else cost_model.cost(gen),
+                    "latency_s": derive(timings, gen.get("prompt_tokens") or 0, gen.get("completion_tokens") or 0)
+                    ["latency_s"], "error": error}
+            step["accepted"] = self.accept(task, cell, step["confidence"], step["verified"])
+            steps.append(step)
+            if step["accepted"]:
+                break
+        final = steps[-1]
+        costs = [s["cost_usd"] for s in steps]
+        return {"task": task, "answer": final["output"], "parsed": final["parsed"], "cell": final["cell"],
+                "path": [s["cell"] for s in steps], "confidence": {s["cell"]: s["confidence"] for s in steps},
+                "verified": final["verified"], "score": final["score"], "error": final["error"],
+                "escalations": len(steps) - 1,
+                "cost_usd": None if any(c is None for c in costs) else sum(costs),
+                "latency_s": sum(s["latency_s"] or 0.0 for s in steps), "steps": steps}
+
+    def close(self) -> None:
+        """Close every loaded backend."""
+        backends, self._backends, self._costs = self._backends, {}, {}
+        for backend in backends.values():
+            backend.close()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _PromptOnly:
+    """What the runner's request builder reads from a suite: its prompt and generation settings."""
+
+    def __init__(self, prompt: Any, generation: Any):
+        self.prompt = prompt
+        self.generation = generation

@@ -1,0 +1,85 @@
+"""`bench thresholds RESULTS... -o routing.json`: calibrate, write the file(s), and summarise on the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.thresholds.document import build, write
+from bench.thresholds.gather import gather, parse_targets
+
+
+def _f(v: Any, fmt: str = "{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _cost(v: Any) -> str:
+    return "-" if v is None else f"${v:.4g}/1k"
+
+
+def _accept(a: dict[str, Any]) -> str:
+    if a["signal"] == "confidence":
+        return f"conf >= {a['threshold']:g}"
+    return {"verified": "if verified", "always": "always", "never": "-"}[a["signal"]]
+
+
+def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(line, style) pairs for the terminal; a holdout shortfall is styled as a warning."""
+    lines: list[tuple[str, str | None]] = []
+    for name, t in doc["tasks"].items():
+        lines.append((f"{name} ({t['kind']}): target {t['metric']} >= {t['target']:g} (from {t['target_source']}), "
+                      f"{t['n_calibration']} calibration / {t['n_holdout']} holdout samples", "bold"))
+        for tier in t["tiers"]:
+            q = tier["quality"]
+            lines.append((f"  {tier['cell']}: {_f(q['mean'])} [{_f(q['ci_low'])}, {_f(q['ci_high'])}] "
+                          f"{_cost(tier['cost_per_1k_usd'])} p95 {_f(tier['latency_p95_s'], '{:.3g}')} s  "
+                          f"{'meets target' if tier['meets_target'] else 'below target'}; "
+                          + (f"accept {_accept(tier['accept_if'])}" if tier["eligible"]
+                             else "excluded: " + "; ".join(tier["excluded_because"] or [])), None))
+        policy = t["policy"]
+        lines.append((f"  policy: {' -> '.join(policy['chain']) or 'none'} ({policy['message']})",
+                      "red" if policy["status"] != "meets_target" else None))
+        e = t["expected"]
+        q = e["quality"]
+        if e.get("n"):
+            lines.append((f"  holdout: quality {_f(q['mean'])} [{_f(q['ci_low'])}, {_f(q['ci_high'])}], "
+                          f"{_cost(e['cost_per_1k_usd'])}, escalation {_f(e['escalation_rate'], '{:.0%}')}, "
+                          f"n={e['n']}", None))
+        lines.append((f"  {'OK' if e['meets_target_on_holdout'] else 'WARNING'}: {e['message']}",
+                      None if e["meets_target_on_holdout"] else "red"))
+        b = t.get("baselines")
+        if b:
+            lines.append((f"  vs always-largest: {b['savings_vs_always_largest']['message']}", None))
+        r = t.get("routellm")
+        if r and r.get("apgr") is not None:
+            lines.append((f"  RouteLLM: APGR {r['apgr']:.3f} (random 0.5), CPT(50%) {_f(r['cpt_50'], '{:.0%}')}, "
+                          f"CPT(80%) {_f(r['cpt_80'], '{:.0%}')}", None))
+        if t["constraints"]["shaped_by"]:
+            lines.append((f"  constraints that shaped it: {', '.join(t['constraints']['shaped_by'])}", None))
+        for note in t["notes"]:
+            lines.append((f"  note: {note}", None))
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.display import console
+
+    targets = parse_targets(getattr(args, "target", None))
+    tasks = gather(list(args.results), targets, getattr(args, "max_p95_latency", None))
+    doc = build(tasks)
+    path = write(doc, args.output)
+    written = [str(path)]
+    if getattr(args, "format", "bench") == "litellm":
+        from bench.thresholds.litellm import litellm_config, litellm_path
+
+        lpath = litellm_path(path)
+        tmp = lpath.with_name(lpath.name + ".tmp")
+        tmp.write_text(litellm_config(doc, source=Path(path).name), encoding="utf-8")
+        os.replace(tmp, lpath)
+        written.append(str(lpath))
+    for line, style in summary_lines(doc):
+        console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+    console.print("wrote " + ", ".join(written), markup=False, highlight=False, soft_wrap=True)
+    return 0

@@ -1,0 +1,199 @@
+"""routing.json: assemble each task's tiers, policy, holdout check and baselines; round, validate and write it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from bench import __version__
+from bench.results.store import utcnow
+from bench.thresholds import ROUTING_SCHEMA_VERSION, validate_routing
+from bench.thresholds.calibrate import ON_PREMISES, Calibrated, calibrate
+from bench.thresholds.gather import TaskData
+from bench.thresholds.measures import baselines, routellm
+from bench.thresholds.policy import VERIFIED_ONLY, Choice, search, summarize
+
+RULES = {
+    "tier_order": "Tiers are the cells that ran the task, cheapest first by mean cost per request on calibration "
+                  "samples; where any eligible tier has no cost, by mean latency instead (cost_basis says which).",
+    "meets_target": "A tier meets the target alone when the lower bound of the 95% interval of its calibration "
+                    "quality reaches the target: Wilson for 0/1 scores, percentile bootstrap (seed 0) otherwise.",
+    "acceptance": "accept_if.signal 'confidence': accept when the task's structural check passed (verified) and "
+                  "the mean token log-probability >= threshold; 'verified': accept whenever verified; 'always': "
+                  "the last tier of the chain answers everything; 'never': the tier is not in the chain.",
+    "null_confidence": "A missing confidence never passes a numeric threshold, so such an answer escalates; a "
+                       "tier with no confidence at all can sit before the last tier only with the 'verified' rule.",
+    "cascade": "Policies are replayed exactly on the calibration samples every tier ran: a sample's quality is "
+               "that of the answer finally accepted, its cost the sum over every tier it passed through, its "
+               "latency that sum too. A request that errored counts as wrong; a missing cost is its tier's mean.",
+    "constraint": "A policy is admissible when its calibration replay meets the same rule as a single tier "
+                  "(lower 95% bound >= target) and, under a latency budget, its p95 latency is within it.",
+    "search": "Chains are ordered subsets of eligible tiers (cheapest first, at most 4 tiers, 256 chains) ending "
+              "in the tier that always answers; thresholds are each tier's distinct calibration confidences "
+              "(at most 32, rounded down to 6 significant digits) plus 'verified'. All combinations are tried "
+              "up to 20000 per chain, coordinate descent beyond. The admissible policy with the lowest mean cost "
+              "wins; ties go to better quality, then fewer tiers, then stricter thresholds.",
+    "fallback": "When no policy is admissible, every request goes to the strongest eligible tier and the task "
+                "says the target is unreachable.",
+    "holdout": "expected replays the chosen policy on holdout samples, never used to choose it; "
+               "meets_target_on_holdout is holdout mean >= target. Searching many thresholds favours lucky "
+               "ones on calibration, so holdout is the number to trust.",
+    "eligibility": "A sensitive suite admits only local and on-prem tiers; a latency budget (the suite's "
+                   "max_p95_latency_s, or --max-p95-latency which overrides it) admits tiers whose calibration "
+                   "p95 latency is within it.",
+    "savings": "Saving against always-largest (the strongest eligible tier) counts at equal quality when the "
+               "paired holdout difference (policy - largest) is >= -tolerance, the suite's regression tolerance.",
+}
+
+
+def _round(x: Any) -> Any:
+    """Floats to 6 significant digits (NaN and infinities to null), recursively; everything else as is."""
+    if isinstance(x, bool) or x is None:
+        return x
+    if isinstance(x, float):
+        return float(f"{x:.6g}") if math.isfinite(x) else None
+    if isinstance(x, int):
+        return x
+    if isinstance(x, dict):
+        return {str(k): _round(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_round(v) for v in x]
+    if hasattr(x, "item"):  # numpy scalars
+        return _round(x.item())
+    return x
+
+
+def _q(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: d.get(k) for k in ("mean", "ci_low", "ci_high", "n", "method")}
+
+
+def _accept_if(cal: Calibrated, choice: Choice, i: int) -> dict[str, Any]:
+    p = choice.policy
+    if p is None or i not in p.chain:
+        return {"signal": "never", "threshold": None}
+    pos = p.chain.index(i)
+    if pos == len(p.chain) - 1:
+        return {"signal": "always", "threshold": None}
+    t = p.thresholds[pos]
+    return {"signal": "verified", "threshold": None} if t == VERIFIED_ONLY else {"signal": "confidence",
+                                                                                  "threshold": t}
+
+
+def _tiers(cal: Calibrated, choice: Choice) -> list[dict[str, Any]]:
+    out = []
+    for i, s in enumerate(cal.tiers):
+        t = s.tier
+        out.append({
+            "cell": t.cell_id, "cell_detail": {k: t.cell.get(k) for k in ("model", "quantization", "backend",
+                                                                           "hardware")},
+            "quality": _q(s.quality), "quality_holdout": _q(s.quality_holdout),
+            "cost_per_1k_usd": s.cost_per_1k_usd, "latency_p95_s": s.latency_p95_s,
+            "latency_mean_s": s.latency_mean_s, "meets_target": s.meets_target,
+            "accept_if": _accept_if(cal, choice, i), "locality": t.locality, "eligible": s.eligible,
+            "excluded_because": s.excluded_because or None, "confidence_available": s.confidence_available,
+            "errors": s.errors,
+            "runtime": {"backend": t.backend, "model": t.cell.get("model"), "quantization": t.cell.get("quantization"),
+                        "chat": t.chat, "model_ref": t.model_ref, "usd_per_hour": t.usd_per_hour},
+        })
+    return out
+
+
+def _expected(cal: Calibrated, choice: Choice) -> dict[str, Any]:
+    target = cal.task.target
+    if choice.policy is None:
+        return {"quality": {"mean": None, "ci_low": None, "ci_high": None, "n": 0, "method": None},
+                "cost_per_1k_usd": None, "escalation_rate": None, "n": 0, "meets_target_on_holdout": False,
+                "message": "no eligible tier: nothing to route to"}
+    e = summarize(cal, cal.hold, choice.policy)
+    q = e["quality"]
+    e["quality"] = _q(q)
+    if not e["n"] or q["mean"] is None:
+        e |= {"meets_target_on_holdout": None, "message": "no scored holdout samples: the policy is unchecked"}
+    elif q["mean"] >= target:
+        e |= {"meets_target_on_holdout": True,
+              "message": f"holdout quality {q['mean']:.3f} [{q['ci_low']:.3f}, {q['ci_high']:.3f}] meets the "
+                         f"target {target:g}"}
+    else:
+        how = ("significantly: the whole interval is below it" if q["ci_high"] < target
+               else "the interval still reaches it, so more holdout samples would tell")
+        e |= {"meets_target_on_holdout": False,
+              "message": f"holdout quality {q['mean']:.3f} [{q['ci_low']:.3f}, {q['ci_high']:.3f}] falls short of "
+                         f"the target {target:g} ({how})"}
+    return e
+
+
+def _constraints(cal: Calibrated) -> dict[str, Any]:
+    task = cal.task
+    shaped = []
+    if task.sensitive and any(s.tier.locality not in ON_PREMISES for s in cal.tiers):
+        shaped.append("sensitive")
+    if task.latency_budget_s is not None and any(s.latency_p95_s is None or s.latency_p95_s > task.latency_budget_s
+                                                 for s in cal.tiers):
+        shaped.append("max_p95_latency_s")
+    return {"sensitive": task.sensitive, "allowed_localities": list(ON_PREMISES) if task.sensitive else None,
+            "max_p95_latency_s": task.latency_budget_s, "latency_source": task.latency_source,
+            "cascade_latency_checked": task.latency_budget_s is not None,
+            "excluded": [{"cell": s.tier.cell_id, "because": s.excluded_because} for s in cal.tiers
+                         if not s.eligible],
+            "shaped_by": shaped}
+
+
+def task_entry(task: TaskData) -> dict[str, Any]:
+    """One task's block of routing.json."""
+    cal = calibrate(task)
+    choice = search(cal)
+    p = choice.policy
+    on_cal = summarize(cal, cal.cal, p) if p else None
+    if on_cal:
+        on_cal["quality"] = _q(on_cal["quality"])
+    chain = [cal.tiers[i].tier.cell_id for i in p.chain] if p else []
+    expected = _expected(cal, choice)
+    if choice.status == "meets_target":
+        status_msg = "the cheapest admissible policy on calibration"
+    elif choice.status == "target_unreachable":
+        status_msg = (f"no tier or cascade reaches the target {task.target:g} on calibration (lower 95% bound): "
+                      f"every request goes to the strongest eligible tier")
+    else:
+        status_msg = "no eligible tier: " + "; ".join(f"{s.tier.cell_id}: {', '.join(s.excluded_because)}"
+                                                      for s in cal.tiers)
+    entry = {
+        "kind": task.kind, "target": task.target, "target_source": task.target_source, "metric": task.metric,
+        "tolerance": task.tolerance, "cost_basis": cal.basis, "n_calibration": cal.cal.n, "n_holdout": cal.hold.n,
+        "tiers": _tiers(cal, choice), "default": chain[0] if chain else None,
+        "policy": {"chain": chain, "status": choice.status, "message": status_msg,
+                   "calibration": on_cal,
+                   "search": {"chains": choice.chains_searched, "evaluations": choice.evaluations,
+                              "methods": choice.methods}},
+        "expected": expected,
+        "baselines": baselines(cal, p, expected) if p else None,
+        "routellm": routellm(cal, p) if p else None,
+        "constraints": _constraints(cal),
+        "runtime": task.runtime, "sources": task.run_ids, "notes": cal.notes,
+    }
+    return entry
+
+
+def build(tasks: list[TaskData]) -> dict[str, Any]:
+    """The whole routing.json document, rounded; only created_at depends on when it was made."""
+    doc = {"schema_version": ROUTING_SCHEMA_VERSION, "created_at": utcnow(), "bench_version": __version__,
+           "sources": sorted({r for t in tasks for r in t.run_ids}),
+           "tasks": {t.name: task_entry(t) for t in tasks}, "rules": RULES}
+    return _round(doc)
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write(doc: dict[str, Any], path: str | Path) -> Path:
+    """Validate against the shipped schema, then write atomically (a reader never sees half a file)."""
+    path = Path(path)
+    validate_routing(doc, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dumps(doc), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,199 @@
+"""Gather runs into tasks: one tier per cell, its latest row per sample, and what a router needs to run it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from bench.errors import UserInputError, did_you_mean
+from bench.results.store import RunDir, find_runs
+
+LOCAL_KINDS = ("llamacpp", "fake", "vllm")
+SECRET_WORDS = ("api_key", "password", "secret", "token", "authorization")
+
+
+@dataclass
+class Tier:
+    """One cell that ran the task: its sample rows and how to call it again."""
+
+    cell_id: str
+    cell: dict[str, Any]
+    rows: dict[str, dict[str, Any]]          # sample_id -> the latest row
+    backend: dict[str, Any] | None           # the backend block the cell ran with (no secrets)
+    locality: str
+    usd_per_hour: float | None
+    chat: bool
+    model_ref: dict[str, Any] | None         # the suite's model entry when it has its own source
+    run_id: str
+
+
+@dataclass
+class TaskData:
+    """Everything calibration needs about one task (one suite name)."""
+
+    name: str
+    kind: str
+    metric: str
+    target: float
+    target_source: str                       # "suite" or "--target"
+    tolerance: float
+    sensitive: bool
+    latency_budget_s: float | None
+    latency_source: str | None               # "suite", "--max-p95-latency" or None
+    runtime: dict[str, Any] | None           # task options, prompt, generation, dataset fields
+    tiers: list[Tier]
+    run_ids: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_targets(items: list[str] | None) -> dict[str, float]:
+    """'TASK=QUALITY' strings into a mapping; a malformed one is an exit-2 error naming --target."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = str(item).partition("=")
+        try:
+            q = float(value)
+        except ValueError:
+            q = math.nan
+        if not sep or not name.strip() or not math.isfinite(q):
+            raise UserInputError(f"expected TASK=QUALITY (e.g. classify=0.8), got {item!r}", field="--target")
+        out[name.strip()] = q
+    return out
+
+
+def _scrub(value: Any) -> Any:
+    """Drop anything that looks like a credential; strip user:password@ from URLs."""
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()
+                if not (any(w in k.lower() for w in SECRET_WORDS) and not k.lower().endswith("_env"))}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        parts = urlsplit(value)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return value
+
+
+def _profile_hourly(profile_id: str | None) -> float | None:
+    """The hourly price of a hardware profile, or None when it is unknown here."""
+    if not profile_id:
+        return None
+    try:
+        from bench.hardware.profiles import get_profile
+
+        return get_profile(profile_id).cost_per_hour_usd
+    except Exception:  # no profiles folder, an unknown id: the price is simply unknown
+        return None
+
+
+def _model_entry(config: dict[str, Any], model_id: str) -> dict[str, Any] | None:
+    for m in (config.get("matrix") or {}).get("models") or []:
+        if isinstance(m, dict) and m.get("id") == model_id:
+            return m
+    return None
+
+
+def _chat(backend: dict[str, Any] | None, entry: dict[str, Any] | None, model_id: str) -> bool:
+    """Whether the tier is prompted with chat messages: the same rule the runner's planner uses."""
+    if backend and backend.get("kind") == "openai":
+        return bool(backend.get("chat", True))
+    if entry and entry.get("chat") is not None:
+        return bool(entry["chat"])
+    if entry and entry.get("source"):
+        return True
+    from bench.models.catalog import CATALOG
+
+    return CATALOG[model_id].chat if model_id in CATALOG else True
+
+
+def _runtime(suite: dict[str, Any]) -> dict[str, Any] | None:
+    config = suite.get("config")
+    if not isinstance(config, dict):
+        return None
+    ds = config.get("dataset") or {}
+    return {"task": config.get("task"), "prompt": config.get("prompt"), "generation": config.get("generation"),
+            "dataset": {"id_field": ds.get("id_field", "id"), "input_fields": ds.get("input_fields", []),
+                        "reference_field": ds.get("reference_field")}}
+
+
+def _build_task(name: str, runs: list[tuple[RunDir, dict[str, Any]]], targets: dict[str, float],
+                max_p95: float | None) -> TaskData:
+    runs = sorted(runs, key=lambda rm: str(rm[1].get("run_id") or rm[0].path.name))
+    latest = runs[-1][1]
+    suite = latest.get("suite") or {}
+    notes: list[str] = []
+    identity = suite.get("identity")
+    kept = [(r, m) for r, m in runs if (m.get("suite") or {}).get("identity") == identity]
+    if len(kept) < len(runs):
+        skipped = sorted(str(m.get("run_id")) for r, m in runs if (r, m) not in kept)
+        notes.append(f"runs {', '.join(skipped)} used other data, split or prompt than the latest run and "
+                     "were left out: their samples are not comparable")
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    cells: dict[str, dict[str, Any]] = {}
+    origin: dict[str, dict[str, Any]] = {}
+    for run, manifest in kept:
+        for row in run.samples():
+            cid = row.get("cell_id")
+            if not cid or row.get("sample_id") is None:
+                continue
+            rows.setdefault(cid, {})[str(row["sample_id"])] = row
+            cells[cid] = row.get("cell") or {}
+            origin[cid] = manifest
+    config = suite.get("config") or {}
+    tiers = []
+    for cid in sorted(rows):
+        manifest = origin[cid]
+        backend = (manifest.get("cell_backends") or {}).get(cid)
+        backend = _scrub(backend) if isinstance(backend, dict) else None
+        cell = cells[cid]
+        kind = (backend or {}).get("kind") or cell.get("backend")
+        localities = sorted({r.get("locality") for r in rows[cid].values() if r.get("locality")})
+        locality = localities[0] if len(localities) == 1 else (
+            "cloud" if "cloud" in localities else (backend or {}).get("locality", "local"))
+        if kind in LOCAL_KINDS:
+            hourly = (manifest.get("hardware") or {}).get("cost_per_hour_usd")
+        else:
+            hourly = _profile_hourly((backend or {}).get("hardware"))
+        entry = _model_entry(config, cell.get("model", ""))
+        tiers.append(Tier(cell_id=cid, cell=cell, rows=rows[cid], backend=backend, locality=locality,
+                          usd_per_hour=hourly, chat=_chat(backend, entry, cell.get("model", "")),
+                          model_ref=_scrub(entry) if entry and entry.get("source") else None,
+                          run_id=str(manifest.get("run_id"))))
+    if name in targets:
+        target, target_source = targets[name], "--target"
+    else:
+        target, target_source = suite.get("target"), "suite"
+    if not isinstance(target, (int, float)):
+        raise UserInputError(f"task {name!r} has no target in its manifest", field="--target",
+                             hint=f"give one with --target {name}=QUALITY")
+    budget, budget_source = suite.get("max_p95_latency_s"), "suite"
+    if max_p95 is not None:
+        budget, budget_source = max_p95, "--max-p95-latency"
+    return TaskData(name=name, kind=str(suite.get("task")), metric=str(suite.get("metric")), target=float(target),
+                    target_source=target_source, tolerance=float(suite.get("tolerance") or 0.0),
+                    sensitive=bool(suite.get("sensitive")), latency_budget_s=budget,
+                    latency_source=budget_source if budget is not None else None, runtime=_runtime(suite),
+                    tiers=tiers, run_ids=sorted(str(m.get("run_id")) for _, m in kept), notes=notes)
+
+
+def gather(paths: list[str | Path], targets: dict[str, float] | None = None,
+           max_p95: float | None = None) -> list[TaskData]:
+    """Every task found at or below `paths`, sorted by name; --target names must match a task."""
+    targets = targets or {}
+    if max_p95 is not None and not (math.isfinite(max_p95) and max_p95 > 0):
+        raise UserInputError(f"expected a positive number of seconds, got {max_p95}", field="--max-p95-latency")
+    by_name: dict[str, list[tuple[RunDir, dict[str, Any]]]] = {}
+    for run in find_runs(list(paths)):
+        manifest = run.manifest()
+        name = (manifest.get("suite") or {}).get("name")
+        if not name:
+            raise UserInputError("manifest has no suite name", file=str(run.manifest_path), field="suite.name")
+        by_name.setdefault(str(name), []).append((run, manifest))
+    for name in targets:
+        if name not in by_name:
+            raise UserInputError(f"no runs of task {name!r}; tasks found: {', '.join(sorted(by_name))}",
+                                 field="--target", hint=did_you_mean(name, by_name))
+    return [_build_task(name, by_name[name], targets, max_p95) for name in sorted(by_name)]

@@ -1,0 +1,95 @@
+"""The routing policy as a LiteLLM router config: model list and fallback order, and what LiteLLM cannot express."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HEADER = """\
+# LiteLLM router configuration written by `bench thresholds --format litellm` from {source}.
+# It expresses each task's cascade as far as LiteLLM can: one model group per tier in policy order,
+# the task's name as an alias of its first tier, and fallbacks in the order the policy escalates.
+#
+# What LiteLLM cannot express (use bench.router for the full policy):
+# - confidence thresholds (accept_if): LiteLLM falls back only when a call fails (error, timeout, rate
+#   limit, context window, content policy), never because an answer's confidence is low, so here the
+#   first tier's answer is always kept unless the call errors;
+# - verification: the task's structural check (a label from the set, JSON matching the schema, ...) that
+#   must pass before a cheaper tier's answer is accepted;
+# - the quality, cost and escalation rate in routing.json's `expected`, which assume both of the above.
+# Eligibility is expressed by omission: tiers left out for sensitive data or the latency budget are not
+# listed. Tiers that bench runs in-process (llama.cpp, vLLM) need an OpenAI-compatible server here: serve
+# the model (e.g. `python -m llama_cpp.server --model FILE.gguf`) and set the environment variable named
+# in its api_base.
+"""
+
+
+def _env_name(text: str) -> str:
+    return "BENCH_" + re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").upper() + "_API_BASE"
+
+
+def _deployment(task: dict[str, Any], tier: dict[str, Any], name: str) -> dict[str, Any]:
+    rt = tier.get("runtime") or {}
+    backend = rt.get("backend") or {}
+    gen = (task.get("runtime") or {}).get("generation") or {}
+    params: dict[str, Any] = {}
+    info: dict[str, Any] = {"bench_cell": tier["cell"], "bench_accept_if": tier["accept_if"],
+                            "bench_locality": tier["locality"], "bench_backend": backend.get("kind")}
+    if backend.get("kind") == "openai":
+        params["model"] = f"openai/{backend.get('model')}"
+        params["api_base"] = backend.get("base_url")
+        if backend.get("api_key_env"):
+            params["api_key"] = f"os.environ/{backend['api_key_env']}"
+        params["timeout"] = backend.get("timeout_s")
+    else:
+        label = rt.get("model") or tier["cell"]
+        if rt.get("quantization"):
+            label += f"-{rt['quantization']}"
+        params["model"] = f"openai/{label}"
+        params["api_base"] = f"os.environ/{_env_name(label)}"
+        if backend.get("kind") == "fake":
+            info["bench_note"] = "the fake backend is a test stand-in: there is nothing to serve"
+    for key in ("max_tokens", "temperature", "seed"):
+        if gen.get(key) is not None:
+            params[key] = gen[key]
+    if gen.get("stop"):
+        params["stop"] = list(gen["stop"])
+    return {"model_name": name, "litellm_params": params, "model_info": info}
+
+
+def litellm_config(doc: dict[str, Any], source: str = "routing.json") -> str:
+    """YAML text: model_list, and router_settings with fallbacks and an alias per task."""
+    model_list: list[dict[str, Any]] = []
+    fallbacks: list[dict[str, list[str]]] = []
+    aliases: dict[str, str] = {}
+    used: set[str] = set()
+    for task_name in sorted(doc["tasks"]):
+        task = doc["tasks"][task_name]
+        tiers = {t["cell"]: t for t in task["tiers"]}
+        names = []
+        for cell in (task.get("policy") or {}).get("chain") or []:
+            rt = tiers[cell].get("runtime") or {}
+            name = f"{task_name}/{rt.get('model') or cell}" + (f"@{rt['quantization']}" if rt.get("quantization")
+                                                                else "")
+            base, n = name, 2
+            while name in used:
+                name, n = f"{base}#{n}", n + 1
+            used.add(name)
+            names.append(name)
+            model_list.append(_deployment(task, tiers[cell], name))
+        if names:
+            aliases[task_name] = names[0]
+        if len(names) > 1:
+            fallbacks.append({names[0]: names[1:]})
+    config = {"model_list": model_list,
+              "router_settings": {"model_group_alias": aliases, "fallbacks": fallbacks, "num_retries": 0}}
+    return HEADER.format(source=source) + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100)
+
+
+def litellm_path(routing_path: str | Path) -> Path:
+    """routing.json -> routing.litellm.yaml, next to it."""
+    p = Path(routing_path)
+    return p.with_name(p.stem + ".litellm.yaml")

@@ -1,0 +1,119 @@
+"""The run loop on the fake backend: files per CONTRACT.md, resume, errors, fresh runs, JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.cli import main
+from bench.config import load_suite
+from bench.results.store import RunDir, SampleWriter, iter_samples
+from bench.runner import run_suite
+from tests.conftest import FAKE_SUITE, write_suite
+
+SAMPLE_KEYS = {"cell", "sample_id", "split", "output", "score", "verified", "confidence", "prompt_tokens",
+               "completion_tokens", "ttft_s", "prefill_s", "decode_s", "latency_s", "cost_usd", "error"}
+CELL_KEYS = {"cell", "n", "errors", "quality", "ttft_s", "latency_s", "prefill_tps", "decode_tps", "peak_rss_mb",
+             "peak_gpu_mb", "cost_per_1k_usd", "bandwidth_utilization", "energy_j"}
+
+
+def _run(tmp_path: Path, suite_path: Path, **kw) -> tuple:
+    suite = load_suite(suite_path)
+    return run_suite(suite, results_dir=tmp_path / "results", isolation=kw.pop("isolation", "inline"),
+                     quiet=True, **kw)
+
+
+def test_files_follow_the_contract(tmp_path, fake_suite) -> None:
+    outcome = _run(tmp_path, fake_suite)
+    run = outcome.run
+    assert run.path.parent == tmp_path / "results" / "tickets"
+    manifest = json.loads(run.manifest_path.read_text())
+    for key in ("schema_version", "run_id", "suite", "bench_version", "environment", "hardware", "started_at",
+                "finished_at"):
+        assert key in manifest
+    assert manifest["suite"]["sha256"] == load_suite(fake_suite).sha256
+    assert manifest["finished_at"] is not None
+    rows = run.samples()
+    assert len(rows) == 16  # 8 samples x 2 cells
+    for row in rows:
+        assert SAMPLE_KEYS <= set(row) and row["schema_version"] == 1
+        assert row["split"] in ("calibration", "holdout")
+    summary = json.loads(run.summary_path.read_text())
+    assert summary["schema_version"] == 1
+    by_model = {c["cell"]["model"]: c for c in summary["cells"]}
+    for cell in by_model.values():
+        assert CELL_KEYS <= set(cell)
+        assert cell["n"] == 8 and cell["errors"] == 0
+        q = cell["quality"]
+        assert q["metric"] == "accuracy" and q["ci_low"] <= q["mean"] <= q["ci_high"]
+    assert by_model["qwen2.5-coder-0.5b-instruct"]["quality"]["mean"] == 1.0
+    assert by_model["smollm2-135m-instruct"]["quality"]["mean"] < 1.0
+    assert "secret" not in run.manifest_path.read_text().lower()
+
+
+def test_complete_run_is_not_repeated_and_fresh_starts_over(tmp_path, fake_suite) -> None:
+    first = _run(tmp_path, fake_suite)
+    again = _run(tmp_path, fake_suite)
+    assert again.resumed and again.run.path == first.run.path
+    assert len(again.skipped_cells) == 2
+    assert len(again.run.samples()) == 16  # nothing appended
+    fresh = _run(tmp_path, fake_suite, fresh=True)
+    assert fresh.run.path != first.run.path and not fresh.resumed
+
+
+def test_resume_fills_only_missing_samples(tmp_path, fake_suite) -> None:
+    first = _run(tmp_path, fake_suite, limit=4)
+    assert len(first.run.samples()) == 8
+    second = _run(tmp_path, fake_suite)
+    rows = second.run.samples()
+    keys = [(r["cell_id"], r["sample_id"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 16
+
+
+def test_torn_last_line_is_skipped_and_repaired(tmp_path) -> None:
+    path = tmp_path / "samples.jsonl"
+    w = SampleWriter(path)
+    w.write({"cell_id": "c", "sample_id": "1"})
+    w.close()
+    with path.open("ab") as f:
+        f.write(b'{"schema_version": 1, "cell_id": "c", "sample_id": "2", "outp')  # killed mid-write
+    assert [r["sample_id"] for r in iter_samples(path)] == ["1"]
+    w = SampleWriter(path)
+    w.write({"cell_id": "c", "sample_id": "3"})
+    w.close()
+    assert [r["sample_id"] for r in iter_samples(path)] == ["1", "3"]
+
+
+def test_failing_load_errors_its_cells_and_the_rest_runs(tmp_path, capsys) -> None:
+    body = FAKE_SUITE.replace("""    - kind: fake
+      accuracy_by_model""", """    - kind: fake
+      fail_load: true
+    - kind: fake
+      accuracy_by_model""")
+    # two fake backends would collide on the cell key; the broken one gets a different generation key
+    path = write_suite(tmp_path / "s", body)
+    code = main(["run", str(path), "--results", str(tmp_path / "r"), "--isolation", "inline"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "model failed to load" in err
+    run = RunDir(next((tmp_path / "r" / "tickets").iterdir()))
+    rows = run.samples()
+    errored = [r for r in rows if r["error"]]
+    assert errored and all("fake backend told to fail" in r["error"] for r in errored)
+    assert any(not r["error"] for r in rows)
+
+
+def test_cells_run_in_their_own_process(tmp_path, fake_suite) -> None:
+    outcome = _run(tmp_path, fake_suite, isolation="process", models=["qwen2.5-coder-0.5b-instruct"])
+    rows = outcome.run.samples()
+    assert len(rows) == 8 and not any(r["error"] for r in rows)
+    assert all(r["rss_peak_mb"] and r["rss_peak_mb"] > 0 for r in rows)
+
+
+def test_json_output_is_one_document(tmp_path, capsys, fake_suite) -> None:
+    code = main(["run", str(fake_suite), "--results", str(tmp_path / "r"), "--isolation", "inline", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    doc = json.loads(out)
+    assert {c["cell"]["model"] for c in doc["summary"]["cells"]} == {"smollm2-135m-instruct",
+                                                                     "qwen2.5-coder-0.5b-instruct"}
