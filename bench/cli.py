@@ -102,7 +102,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     if args.models_cmd == "pull":
         entry = get_entry(args.id)
-        path = pull(entry, force=args.force)
+        path = pull(entry, force=args.force, mend=True)
         out.print(f"{entry.id}: {path} (sha256 verified)")
         return 0
     if args.models_cmd == "quantize":

@@ -341,7 +341,7 @@ def llama_server(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(tmp_path / "server.log", "w+b")
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", "smollm2",
+    cmd = [sys.executable, "-m", "bench.backends.llamacpp_server", "--model", model, "--model_alias", "smollm2",
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--chat_format", "chatml",
            "--interrupt_requests", "False"]  # by default a new request cuts the running stream short
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

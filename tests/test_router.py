@@ -178,13 +178,19 @@ dataset:
   path: data.jsonl
   input_fields: [text]
   reference_field: label
-split: {seed: 1, holdout_fraction: 0.5}
+split: {seed: 3, holdout_fraction: 0.5}  # 8 calibration and 8 holdout samples of the 16
 prompt:
-  system: "Classify the support ticket as billing or technical. Answer with one word: billing or technical."
-  template: "Ticket: {text}"
+  system: "Classify the support ticket as billing or technical. Answer with the label only."
+  template: "Ticket: {text}\nLabel:"
+  few_shot:
+    - input: {text: "I want my money back for the double charge"}
+      output: billing
+    - input: {text: "The app shows a blank screen after login"}
+      output: technical
 target: 0.5
 generation:
   max_tokens: 3
+  stop: ["\n"]
 matrix:
   models:
     - id: smollm2-135m-instruct
@@ -192,6 +198,7 @@ matrix:
   backends:
     - kind: llamacpp
       n_ctx: 512
+      n_threads: 1  # a 135M model needs no more; on a shared 2-core machine more threads wait on each other
       warmup: false
 """
 

@@ -159,9 +159,14 @@ def fetch_hub(source: SourceConfig, dest: Path) -> None:
     Path(got).replace(dest)
 
 
-def pull(entry: CatalogEntry, *, force: bool = False, quiet: bool = False) -> Path:
-    """Fetch a catalog model into the cache and verify it; `force` re-fetches."""
+def pull(entry: CatalogEntry, *, force: bool = False, quiet: bool = False, mend: bool = False) -> Path:
+    """Fetch a catalog model into the cache and verify it; `force` re-fetches, `mend` re-fetches a damaged file."""
     dest = model_path(entry)
+    if mend and dest.exists() and not force:
+        try:
+            verify(dest, entry.sha256, entry.id)
+        except ModelError:
+            force = True
     if force and dest.exists():
         dest.unlink()
         _marker(dest).unlink(missing_ok=True)

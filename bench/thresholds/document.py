@@ -54,7 +54,9 @@ def _round(x: Any) -> Any:
     if isinstance(x, bool) or x is None:
         return x
     if isinstance(x, float):
-        return float(f"{x:.6g}") if math.isfinite(x) else None
+        if not math.isfinite(x):
+            return None
+        return 0.0 if abs(x) < 1e-12 else float(f"{x:.6g}")  # 1e-17 from an interval's rounding is 0
     if isinstance(x, int):
         return x
     if isinstance(x, dict):
