@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import UserInputError, did_you_mean
 from bench.thresholds import ROUTING_SCHEMA_VERSION, validate_routing
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 LOCAL_KINDS = ("llamacpp", "fake", "vllm")
 
@@ -201,10 +204,10 @@ class Router:
         for backend in backends.values():
             backend.close()
 
-    def __enter__(self) -> Router:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -171,11 +171,12 @@ def test_script_json_cannot_break_out() -> None:
 
 def test_model_names_in_figures_are_escaped(results: Path, tmp_path: Path) -> None:
     data = load_report_data([results])
-    data.cells[0]["label"] = "evil</script><img src=x onerror=alert(9)>"
+    data.cells[0]["label"] = data.cells[0]["model"] = "evil</script><img src=x onerror=alert(9)>"
     data.cells[0]["hardware"] = "<b>hw</b>"
     html, figures = build_page(data)
     assert "<img" not in html.split("plotly.js v")[0] and "alert(9)" in html
-    assert "evil&lt;/script&gt;" in html and "\\u003c/script\\u003e" in html  # escaped for HTML and in the JSON
+    assert "<td>evil&lt;/script&gt;&lt;img" in html  # the overview table
+    assert "evil\\u0026lt;" in html and "evil\\u0026lt;/script" not in html.split("plotly.js v")[1]  # figure text: escaped for plotly, then for <script>
     assert not [t for t, a in parse(html).tags if t == "img"]
     assert any("evil&lt;/script&gt;" in json.dumps(fig.to_plotly_json(), default=str) for _, _, fig in figures)
 

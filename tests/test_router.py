@@ -124,7 +124,7 @@ def _profile() -> str | None:
         from bench.hardware.profiles import get_profile
 
         return get_profile("cloud-vm-2c").id
-    except Exception:
+    except (UserInputError, OSError):
         return None
 
 

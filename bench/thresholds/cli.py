@@ -29,8 +29,9 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
     """(line, style) pairs for the terminal; a holdout shortfall is styled as a warning."""
     lines: list[tuple[str, str | None]] = []
     for name, t in doc["tasks"].items():
-        lines.append((f"{name} ({t['kind']}): target {t['metric']} >= {t['target']:g} (from {t['target_source']}), "
-                      f"{t['n_calibration']} calibration / {t['n_holdout']} holdout samples", "bold"))
+        head = (f"{name} ({t['kind']}): target {t['metric']} >= {t['target']:g} (from {t['target_source']}), "
+                f"{t['n_calibration']} calibration / {t['n_holdout']} holdout samples")
+        lines.append((head, "bold"))
         for tier in t["tiers"]:
             q = tier["quality"]
             lines.append((f"  {tier['cell']}: {_f(q['mean'])} [{_f(q['ci_low'])}, {_f(q['ci_high'])}] "
@@ -44,9 +45,9 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
         e = t["expected"]
         q = e["quality"]
         if e.get("n"):
-            lines.append((f"  holdout: quality {_f(q['mean'])} [{_f(q['ci_low'])}, {_f(q['ci_high'])}], "
-                          f"{_cost(e['cost_per_1k_usd'])}, escalation {_f(e['escalation_rate'], '{:.0%}')}, "
-                          f"n={e['n']}", None))
+            held = (f"  holdout: quality {_f(q['mean'])} [{_f(q['ci_low'])}, {_f(q['ci_high'])}], "
+                    f"{_cost(e['cost_per_1k_usd'])}, escalation {_f(e['escalation_rate'], '{:.0%}')}, n={e['n']}")
+            lines.append((held, None))
         lines.append((f"  {'OK' if e['meets_target_on_holdout'] else 'WARNING'}: {e['message']}",
                       None if e["meets_target_on_holdout"] else "red"))
         b = t.get("baselines")
@@ -54,8 +55,9 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
             lines.append((f"  vs always-largest: {b['savings_vs_always_largest']['message']}", None))
         r = t.get("routellm")
         if r and r.get("apgr") is not None:
-            lines.append((f"  RouteLLM: APGR {r['apgr']:.3f} (random 0.5), CPT(50%) {_f(r['cpt_50'], '{:.0%}')}, "
-                          f"CPT(80%) {_f(r['cpt_80'], '{:.0%}')}", None))
+            route = (f"  RouteLLM: APGR {r['apgr']:.3f} (random 0.5), CPT(50%) {_f(r['cpt_50'], '{:.0%}')}, "
+                     f"CPT(80%) {_f(r['cpt_80'], '{:.0%}')}")
+            lines.append((route, None))
         if t["constraints"]["shaped_by"]:
             lines.append((f"  constraints that shaped it: {', '.join(t['constraints']['shaped_by'])}", None))
         for note in t["notes"]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from bench.errors import UserInputError, did_you_mean
+from bench.errors import BenchError, UserInputError, did_you_mean
 from bench.results.store import RunDir, find_runs
 
 LOCAL_KINDS = ("llamacpp", "fake", "vllm")
@@ -85,7 +85,7 @@ def _profile_hourly(profile_id: str | None) -> float | None:
         from bench.hardware.profiles import get_profile
 
         return get_profile(profile_id).cost_per_hour_usd
-    except Exception:  # no profiles folder, an unknown id: the price is simply unknown
+    except (BenchError, OSError):  # no profiles folder, an unknown id: the price is simply unknown
         return None
 
 
