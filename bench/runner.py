@@ -4,28 +4,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import pickle
 import platform
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import SCHEMA_VERSION, __version__
+from bench import __version__
 from bench.backends.base import Request
-from bench.config.suite import LOCAL_KINDS, ModelRef, OpenAIBackendConfig, Suite, suite_line
+from bench.config.suite import (
+    LOCAL_KINDS,
+    ModelRef,
+    OpenAIBackendConfig,
+    Suite,
+    suite_line,
+)
 from bench.data import Sample, load_samples
 from bench.errors import BenchError, UserInputError, did_you_mean
-from bench.measure.timing import derive
 from bench.models.catalog import CATALOG, DEFAULT_MODEL, get_entry
 from bench.prompts import chat_messages, completion_prompt
+from bench.records import CostModel, confidence_of, make_row  # noqa: F401 - re-exported
+from bench.results.derive import write_summary
 from bench.results.schema import cell_id as make_cell_id
-from bench.results.store import RunDir, SampleWriter, open_run, utcnow, write_json_atomic
-from bench.results.summary import build_summary
+from bench.results.store import (
+    RunDir,
+    SampleWriter,
+    open_run,
+    utcnow,
+)
 from bench.tasks import get_task
 from bench.worker import run_cell
 
@@ -122,85 +131,6 @@ def build_requests(suite: Suite, samples: list[Sample], chat: bool) -> list[Requ
                     temperature=g.temperature, seed=g.seed, stop=stop, reference=s.reference) for s in samples]
 
 
-def confidence_of(logprobs: list[float] | None) -> float | None:
-    """Mean log-probability of the answer's tokens; None when the backend gave none."""
-    if not logprobs:
-        return None
-    vals = [lp for lp in logprobs if lp is not None and math.isfinite(lp)]
-    return sum(vals) / len(vals) if vals else None
-
-
-class CostModel:
-    """Dollars per request: token prices for cloud tiers, the machine's hourly price for self-hosted ones."""
-
-    def __init__(self, plan: CellPlan, profile: Any, profiles: dict[str, Any]):
-        self.price_key: str | None = None
-        self.hourly: float | None = None
-        self.inline: tuple[float, float] | None = None
-        b = plan.backend
-        if isinstance(b, OpenAIBackendConfig):
-            if b.hardware and b.hardware in profiles:
-                self.hourly = profiles[b.hardware].cost_per_hour_usd
-            elif b.input_usd_per_mtok is not None and b.output_usd_per_mtok is not None:
-                self.inline = (b.input_usd_per_mtok, b.output_usd_per_mtok)
-            else:
-                self.price_key = b.price or b.model
-        elif profile is not None:
-            self.hourly = profile.cost_per_hour_usd
-        self.concurrency = getattr(b, "concurrency", 1) or 1
-
-    def cost(self, gen: dict[str, Any]) -> float | None:
-        if self.hourly is not None:
-            from bench import cost
-
-            wall = gen.get("extra", {}).get("wall_s") or gen.get("t_end") or 0.0
-            return cost.hourly_cost_usd(self.hourly, wall, self.concurrency)
-        if self.inline:
-            i, o = self.inline
-            return ((gen.get("prompt_tokens") or 0) * i + (gen.get("completion_tokens") or 0) * o) / 1e6
-        if self.price_key:
-            from bench import cost
-
-            try:
-                return cost.token_cost_usd(self.price_key, gen.get("prompt_tokens") or 0,
-                                           gen.get("completion_tokens") or 0, gen.get("cached_tokens") or 0)
-            except BenchError:
-                return None
-        return None
-
-
-def make_row(suite: Suite, plan: CellPlan, sample: Sample, gen: dict[str, Any], load: dict[str, Any],
-             cost_model: CostModel) -> dict[str, Any]:
-    """One samples.jsonl line: raw generation, its derived timings, the task's scores and the cost."""
-    task = get_task(suite.kind)
-    metric = suite.metric or task.metric
-    error = gen.get("error")
-    timings = {k: gen.get(k) for k in ("t_start", "t_prefill_end", "t_first_token", "token_times", "t_end")}
-    if error:
-        scored_parsed, verified, scores, score = None, False, {}, None
-    else:
-        scored = task.score(gen.get("text") or "", sample.reference, sample.fields, suite.task)
-        scored_parsed, verified, scores = scored.parsed, scored.verified, scored.scores
-        score = scores.get(metric)
-    d = derive(timings, gen.get("prompt_tokens") or 0, gen.get("completion_tokens") or 0, gen.get("cached_tokens"))
-    return {
-        "cell": plan.cell, "cell_id": plan.cell_id, "sample_id": sample.id, "split": sample.split,
-        "output": gen.get("text"), "parsed": scored_parsed, "score": score, "scores": scores,
-        "verified": verified, "confidence": confidence_of(gen.get("token_logprobs")),
-        "prompt_tokens": gen.get("prompt_tokens"), "cached_tokens": gen.get("cached_tokens"),
-        "completion_tokens": gen.get("completion_tokens"),
-        "ttft_s": d["ttft_s"], "prefill_s": d["prefill_s"], "decode_s": d["decode_s"], "latency_s": d["latency_s"],
-        "cost_usd": None if error else cost_model.cost(gen), "error": error, "timings": timings,
-        "load_s": load.get("load_s"), "rss_peak_mb": gen.get("rss_peak_mb"),
-        "rss_model_mb": load.get("rss_model_mb"), "gpu_peak_mb": gen.get("gpu_peak_mb"),
-        "energy_j": gen.get("energy_j"), "model_bytes": load.get("model_bytes"),
-        "locality": plan.locality, "metric": metric, "retries": gen.get("retries", 0),
-        "finish_reason": gen.get("finish_reason"), "concurrency": cost_model.concurrency,
-        "token_logprobs": gen.get("token_logprobs"),
-        "requantized": (getattr(plan.model, "provenance", None) or {}).get("requantized"),
-    }
-
-
 def environment() -> dict[str, Any]:
     from importlib import metadata
 
@@ -262,56 +192,6 @@ def _spawn_cell(plan: CellPlan, requests: list[Request], on_event: Any, isolatio
         if code == -9:
             why += " (out of memory?)"
         on_event(("fatal", f"cell process died: {why}"))
-
-
-def write_summary(run: RunDir, profile: Any, bandwidth_gbs: float | None) -> dict[str, Any]:
-    """Derive summary.json from samples.jsonl (plus the roofline from the hardware's bandwidth)."""
-    from bench.roofline import bandwidth_utilization, decode_ceiling_tps
-
-    rows = run.samples()
-    manifest = run.manifest()
-    summary = build_summary(rows, manifest)
-    for cell in summary["cells"]:
-        mb = next((r.get("model_bytes") for r in rows if r["cell_id"] == cell["cell_id"] and r.get("model_bytes")),
-                  None)
-        bw = bandwidth_gbs if cell.get("locality") == "local" and cell["cell"]["backend"] != "openai" else None
-        cell["model_bytes"] = mb
-        if mb and bw:
-            cell["decode_ceiling_tps"] = decode_ceiling_tps(bw, mb)
-            if cell.get("decode_tps"):
-                cell["bandwidth_utilization"] = bandwidth_utilization(cell["decode_tps"], mb, bw)
-    _quantization_costs(summary, rows)
-    write_json_atomic(run.summary_path, summary)
-    return summary
-
-
-def _quantization_costs(summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Per cell, the quality lost against the best quantization of the same model (paired on shared samples)."""
-    from collections import defaultdict
-
-    from bench.stats import paired_bootstrap_diff
-
-    scores: dict[str, dict[str, float]] = defaultdict(dict)
-    for r in rows:
-        if not r.get("error") and r.get("score") is not None:
-            scores[r["cell_id"]][r["sample_id"]] = float(r["score"])
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for cell in summary["cells"]:
-        c = cell["cell"]
-        groups[(c["model"], c["backend"], c.get("hardware"), c.get("gen"))].append(cell)
-        cell["requantized"] = next((r.get("requantized") for r in rows if r["cell_id"] == cell["cell_id"]), None)
-    for cells in groups.values():
-        scored = [c for c in cells if c["quality"].get("mean") is not None]
-        if len(scored) < 2:
-            continue
-        best = max(scored, key=lambda c: c["quality"]["mean"])
-        for cell in scored:
-            shared = sorted(set(scores[best["cell_id"]]) & set(scores[cell["cell_id"]]))
-            diff = paired_bootstrap_diff([scores[best["cell_id"]][k] for k in shared],
-                                         [scores[cell["cell_id"]][k] for k in shared])
-            cell["quality_vs_best_quant"] = {"best_quantization": best["cell"]["quantization"],
-                                             "delta": diff["delta"], "ci_low": diff["ci_low"],
-                                             "ci_high": diff["ci_high"], "n": diff["n"]}
 
 
 def _hardware(hardware: str | None) -> tuple[dict[str, Any], Any, str, dict[str, Any]]:

@@ -103,10 +103,10 @@ def _overview(data: ReportData) -> str:
         decode = nt(c["decode_tps"], ".1f") + ("" if c["decode_ceiling_tps"] is None
                                                else f" ({c['decode_ceiling_tps']:.0f})")
         cells = [e(c["task"]), e(c["model"]), e(c["quantization"] or "—"), e(c["backend"]), e(c["hardware"]),
-                 e(c["run_id"])]
+                 f"<small>{e(c['run_id'])}</small>"]
         rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells) + f'<td class="num">{c["n"]}</td>' + errors
                     + "".join(f'<td class="num">{v}</td>' for v in (
-                        e(quality) + (f" <small>{e(c['metric'])}</small>" if c["metric"] else ""),
+                        e(quality),
                         f"{nt(c['ttft_p50'])} / {nt(c['ttft_p95'])}",
                         f"{nt(c['latency_p50'])} / {nt(c['latency_p95'])}",
                         nt(c["prefill_tps"], ".1f"), decode, nt(c["peak_rss_mb"], ".0f"),
@@ -207,7 +207,7 @@ nav ul{display:flex;flex-wrap:wrap;gap:6px 16px;list-style:none;padding:0}nav a{
 table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{border:1px solid #ddd;padding:3px 7px;
 vertical-align:top;text-align:left}th{background:#f3f5f8;position:sticky;top:0}td.num{text-align:right;
 white-space:nowrap}td.path{font-family:monospace;font-size:11px}.scroll{overflow-x:auto;max-width:100%}
-tbody tr:nth-child(even){background:#fafbfc}
+tbody tr:nth-child(even){background:#fafbfc}table.overview td{white-space:nowrap}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;max-height:14em;overflow:auto;font-size:12px}
 .figure{width:100%;min-height:300px;margin:4px 0 10px}.example{margin:14px 0 22px}.source{display:flex;gap:18px}
 .source>div{flex:1;background:#f7f7f7;padding:6px}.answers td:nth-child(2){min-width:420px}
