@@ -201,7 +201,7 @@ def _hardware(hardware: str | None) -> tuple[dict[str, Any], Any, str, dict[str,
     return info | {"fingerprint": fingerprint(info)}, profile, note, load_profiles()
 
 
-def _bandwidth(info: dict[str, Any], profile: Any) -> float | None:
+def _bandwidth(info: dict[str, Any], profile: Any) -> tuple[float, str] | None:
     """Decode's ceiling uses this machine's probed bandwidth when there is one, else the profile's figure."""
     from bench.hardware.probe import load_probe
 
@@ -209,8 +209,9 @@ def _bandwidth(info: dict[str, Any], profile: Any) -> float | None:
     if probed:  # decode streams weights: the read-only rate is the fair ceiling, copy the next best
         best = probed.get("read_gbs") or probed.get("copy_gbs")
         if best:
-            return float(best)
-    return getattr(profile, "memory_bandwidth_gbs", None) if profile is not None else None
+            return float(best), "probe"
+    figure = getattr(profile, "memory_bandwidth_gbs", None) if profile is not None else None
+    return (float(figure), "profile") if figure else None
 
 
 def run_suite(suite: Suite, *, models: list[str] | None = None, limit: int | None = None,

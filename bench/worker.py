@@ -34,6 +34,7 @@ def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list
     load = {"load_s": info.load_s if info.load_s else load_s, "rss_before_mb": rss_before,
             "rss_model_mb": max(rss_after - rss_before, 0.0),
             "model_bytes": info.model_bytes or getattr(model, "size_bytes", None),
+            "params_m": getattr(model, "params_m", None),
             "gpu_mb": info.gpu_mb, "n_threads": info.n_threads, "details": info.details}
     send(("load", load))
     sampler.window()

@@ -176,7 +176,8 @@ def test_model_names_in_figures_are_escaped(results: Path, tmp_path: Path) -> No
     html, figures = build_page(data)
     assert "<img" not in html.split("plotly.js v")[0] and "alert(9)" in html
     assert "<td>evil&lt;/script&gt;&lt;img" in html  # the overview table
-    assert "evil\\u0026lt;" in html and "evil\\u0026lt;/script" not in html.split("plotly.js v")[1]  # figure text: escaped for plotly, then for <script>
+    # figure text: escaped for plotly's labels, then for the <script> block
+    assert "evil\\u0026lt;" in html and "evil\\u0026lt;/script" not in html.split("plotly.js v")[1]
     assert not [t for t, a in parse(html).tags if t == "img"]
     assert any("evil&lt;/script&gt;" in json.dumps(fig.to_plotly_json(), default=str) for _, _, fig in figures)
 

@@ -34,7 +34,7 @@ def tier(model: str, acc: float, cost: float | None = 0.001, **kw: Any) -> dict[
 
 def write_run(root: Path, tiers: list[dict[str, Any]], *, name: str = "tickets", n: int = 80, target: float = 0.8,
               sensitive: bool = False, budget: float | None = None, run_id: str = "20260101T000000Z-0001",
-              reverse: bool = False) -> Path:
+              reverse: bool = False, identity: str = "abc") -> Path:
     """A run directory as the runner writes it (manifest.json + samples.jsonl), from synthetic tiers."""
     run = root / name / run_id
     run.mkdir(parents=True)
@@ -52,11 +52,15 @@ def write_run(root: Path, tiers: list[dict[str, Any]], *, name: str = "tickets",
             right = _u(t["model"], sid) < acc
             u = _u(t["model"], sid, "c")
             conf = (-0.05 - 0.3 * u if right else -0.6 - 0.8 * u) if t["conf"] else None
-            rows.append({"schema_version": 1, "cell": cell, "cell_id": cid, "sample_id": sid, "split": split,
-                         "output": "billing" if right else "?", "score": 1.0 if right else 0.0,
-                         "verified": right or _u(t["model"], sid, "v") < 0.5, "confidence": conf,
-                         "cost_usd": t["cost"], "latency_s": t["latency"] * (1 + 0.2 * _u(t["model"], sid, "l")),
-                         "error": None, "locality": t["locality"], "metric": "accuracy"})
+            row = {"schema_version": 1, "cell": cell, "cell_id": cid, "sample_id": sid, "split": split,
+                   "output": "billing" if right else "?", "score": 1.0 if right else 0.0,
+                   "verified": right or _u(t["model"], sid, "v") < 0.5, "confidence": conf,
+                   "cost_usd": t["cost"], "latency_s": t["latency"] * (1 + 0.2 * _u(t["model"], sid, "l")),
+                   "error": None, "locality": t["locality"], "metric": "accuracy"}
+            if _u(t["model"], sid, "e") < t.get("errors", 0.0):
+                row |= {"output": None, "score": None, "verified": False, "confidence": None, "cost_usd": None,
+                        "latency_s": None, "error": "server said 500"}
+            rows.append(row)
     if reverse:
         rows.reverse()
     config = {"name": name, "task": {"kind": "classify", "labels": ["billing", "?"]},
@@ -64,7 +68,7 @@ def write_run(root: Path, tiers: list[dict[str, Any]], *, name: str = "tickets",
               "generation": {"max_tokens": 8, "temperature": 0.0, "seed": 0, "stop": []},
               "dataset": {"id_field": "id", "input_fields": ["text"], "reference_field": "label"}}
     manifest = {"schema_version": 1, "run_id": run_id,
-                "suite": {"name": name, "identity": "abc", "task": "classify", "metric": "accuracy", "target": target,
+                "suite": {"name": name, "identity": identity, "task": "classify", "metric": "accuracy", "target": target,
                           "tolerance": 0.02, "sensitive": sensitive, "max_p95_latency_s": budget, "config": config},
                 "hardware": {"cost_per_hour_usd": None}, "cell_backends": backends}
     (run / "manifest.json").write_text(json.dumps(manifest))
@@ -201,6 +205,23 @@ def test_unknown_cost_orders_by_latency_and_says_so(tmp_path) -> None:
     assert [x["cell_detail"]["model"] for x in t["tiers"]] == ["quick", "slow"]
     assert any("by mean latency" in note for note in t["notes"])
     assert t["expected"]["cost_per_1k_usd"] is None
+
+
+def test_errored_requests_count_as_wrong(tmp_path) -> None:
+    root = write_run(tmp_path, [tier("flaky", 1.0, cost=0.0001, errors=0.3), tier("big", 0.99, cost=0.01)])
+    flaky = by_model(task_of(routing(root)))["flaky"]
+    assert flaky["errors"] > 0
+    assert flaky["quality"]["mean"] == pytest.approx(1 - flaky["errors"] / flaky["quality"]["n"])
+
+
+def test_runs_of_other_data_are_left_out_with_a_note(tmp_path) -> None:
+    write_run(tmp_path, [tier("old", 0.2)], run_id="20250101T000000Z-0001", identity="other")
+    write_run(tmp_path, [tier("new", 0.9)], run_id="20260101T000000Z-0002")
+    doc = routing(tmp_path)
+    t = task_of(doc)
+    assert [x["cell_detail"]["model"] for x in t["tiers"]] == ["new"]
+    assert doc["sources"] == ["20260101T000000Z-0002"]
+    assert any("20250101T000000Z-0001" in note and "not comparable" in note for note in t["notes"])
 
 
 def test_target_flag_overrides_the_suite(tmp_path) -> None:

@@ -66,7 +66,7 @@ def export_png(figures: list[tuple[str, str, Any]], folder: Path) -> tuple[list[
         else:
             for fig, path in zip(figs, paths):
                 fig.write_image(str(path), width=1200, scale=1)
-    except Exception as exc:  # kaleido raises its own types when it cannot find or start a browser
+    except Exception as exc:  # noqa: BLE001  (kaleido raises types of its own when it finds no browser)
         done = [p for p in paths if p.exists()]
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return done, (f"PNG export skipped: kaleido could not render ({type(exc).__name__}: {reason}); it needs "

@@ -210,7 +210,7 @@ def _higher_is_better(kind: Any) -> bool:
         from bench.tasks.base import get_task
 
         return bool(get_task(str(kind)).higher_is_better)
-    except Exception:  # an unknown or newer task kind: quality scores are higher-is-better by convention
+    except (UserInputError, ImportError, AttributeError):  # an unknown or newer kind: higher is better by convention
         return True
 
 
@@ -314,7 +314,7 @@ def _examples(cells: list[dict[str, Any]], scores: dict[str, dict[str, float]],
     ranked = sorted(ids, key=lambda s: (-(float(np.var(per_sample[s])) if len(per_sample[s]) > 1 else 0.0), s))
     chosen = ranked[:EXAMPLE_SAMPLES]
     if errored and not errored & set(chosen):  # show one failure too, when a cell had any
-        chosen = chosen[:EXAMPLE_SAMPLES - 1] + [sorted(errored)[0]]
+        chosen = chosen[:EXAMPLE_SAMPLES - 1] + [min(errored)]
     texts = _dataset_text(dataset or {}, set(chosen))
     out = []
     for sid in chosen:

@@ -199,8 +199,8 @@ def _cut(text: str | None, limit: int) -> str:
 
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1500px;padding:0 24px 60px;
-color:#222}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1500px;
+padding:0 24px 60px;color:#222}
 h1{margin:18px 0 4px}h2{border-bottom:2px solid #4C78A8;padding-bottom:4px;margin-top:38px}h3{margin:26px 0 6px}
 .meta,.note{color:#666}.note{font-size:13px}.bad{color:#b3261e}
 nav ul{display:flex;flex-wrap:wrap;gap:6px 16px;list-style:none;padding:0}nav a{color:#4C78A8}
@@ -217,7 +217,7 @@ table.kv td:first-child{color:#555;white-space:nowrap}
 DRIVER = """
 (function () {
   var specs = JSON.parse(document.getElementById('bench-figures').textContent);
-  var config = %s;
+  var config = CONFIG_JSON;
   var jobs = specs.map(function (s) {
     return Plotly.newPlot(s.id, s.figure.data, s.figure.layout, config);
   });
@@ -228,7 +228,7 @@ DRIVER = """
     console.error('bench report: a figure failed to draw: ' + err);
   });
 })();
-""" % json.dumps(CONFIG)
+""".replace("CONFIG_JSON", json.dumps(CONFIG))
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

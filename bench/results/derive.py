@@ -9,22 +9,31 @@ from bench.results.store import RunDir, write_json_atomic
 from bench.results.summary import build_summary
 
 
-def write_summary(run: RunDir, profile: Any, bandwidth_gbs: float | None) -> dict[str, Any]:
-    """Derive summary.json from samples.jsonl (plus the roofline from the hardware's bandwidth)."""
-    from bench.roofline import bandwidth_utilization, decode_ceiling_tps
+def write_summary(run: RunDir, profile: Any, bandwidth: tuple[float, str] | None) -> dict[str, Any]:
+    """Derive summary.json from samples.jsonl, plus the roofline from the hardware's bandwidth and FLOP/s.
+
+    `bandwidth` is (GB/s, where the figure came from: "probe" or "profile")."""
+    from bench.roofline import bandwidth_utilization, decode_ceiling_tps, prefill_utilization
 
     rows = run.samples()
-    manifest = run.manifest()
-    summary = build_summary(rows, manifest)
+    summary = build_summary(rows, run.manifest())
+    first: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        first.setdefault(r["cell_id"], r)
+    peak_tflops = getattr(profile, "peak_tflops_fp16", None) if profile is not None else None
     for cell in summary["cells"]:
-        mb = next((r.get("model_bytes") for r in rows if r["cell_id"] == cell["cell_id"] and r.get("model_bytes")),
-                  None)
-        bw = bandwidth_gbs if cell.get("locality") == "local" and cell["cell"]["backend"] != "openai" else None
+        row = first[cell["cell_id"]]
+        mb, params_m = row.get("model_bytes"), row.get("params_m")
+        in_process = cell.get("locality") == "local" and cell["cell"]["backend"] != "openai"
         cell["model_bytes"] = mb
-        if mb and bw:
-            cell["decode_ceiling_tps"] = decode_ceiling_tps(bw, mb)
+        cell["bandwidth_gbs"], cell["bandwidth_source"] = bandwidth if (bandwidth and in_process) else (None, None)
+        if mb and cell["bandwidth_gbs"]:
+            cell["decode_ceiling_tps"] = decode_ceiling_tps(cell["bandwidth_gbs"], mb)
             if cell.get("decode_tps"):
-                cell["bandwidth_utilization"] = bandwidth_utilization(cell["decode_tps"], mb, bw)
+                cell["bandwidth_utilization"] = bandwidth_utilization(cell["decode_tps"], mb, cell["bandwidth_gbs"])
+        cell["prefill_utilization"] = (prefill_utilization(cell["prefill_tps"], params_m * 1e6, peak_tflops)
+                                       if in_process and params_m and peak_tflops and cell.get("prefill_tps")
+                                       else None)
     _quantization_costs(summary, rows)
     write_json_atomic(run.summary_path, summary)
     return summary
@@ -42,7 +51,7 @@ def _quantization_costs(summary: dict[str, Any], rows: list[dict[str, Any]]) -> 
     for cell in summary["cells"]:
         c = cell["cell"]
         groups[(c["model"], c["backend"], c.get("hardware"), c.get("gen"))].append(cell)
-        cell["requantized"] = next((r.get("requantized") for r in rows if r["cell_id"] == cell["cell_id"]), None)
+        cell["requantized"] = any(r.get("requantized") for r in rows if r["cell_id"] == cell["cell_id"])
     for cells in groups.values():
         scored = [c for c in cells if c["quality"].get("mean") is not None]
         if len(scored) < 2:

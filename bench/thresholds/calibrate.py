@@ -167,7 +167,9 @@ def calibrate(task: TaskData) -> Calibrated:
         s.excluded_because = _exclusions(task, s)
     pool = [s for s in stats if s.eligible] or stats
     basis = "usd" if pool and all(s.cost_per_1k_usd is not None for s in pool) else "latency_s"
-    if basis == "latency_s":
+    if not stats:
+        notes.append("the runs hold no samples: nothing to calibrate")
+    elif basis == "latency_s":
         unpriced = sorted(s.tier.cell_id for s in pool if s.cost_per_1k_usd is None)
         notes.append("cost per request is unknown for " + (", ".join(unpriced) if len(unpriced) < len(pool)
                      else "every tier") + ": tiers are ordered, and the policy chosen, by mean latency instead "

@@ -158,6 +158,8 @@ def task_entry(task: TaskData) -> dict[str, Any]:
     elif choice.status == "target_unreachable":
         status_msg = (f"no tier or cascade reaches the target {task.target:g} on calibration (lower 95% bound): "
                       f"every request goes to the strongest eligible tier")
+    elif not cal.tiers:
+        status_msg = "no tiers: the runs hold no samples of this task"
     else:
         status_msg = "no eligible tier: " + "; ".join(f"{s.tier.cell_id}: {', '.join(s.excluded_because)}"
                                                       for s in cal.tiers)
