@@ -199,13 +199,27 @@ def test_routing_section(results: Path, tmp_path: Path) -> None:
 
 
 def test_routing_with_odd_shapes_still_renders(results: Path, tmp_path: Path) -> None:
-    doc = {"schema_version": 1, "tasks": {"tickets": {"tiers": [{"cell": None}, "weird", {"quality": 0.9}],
+    never = {"cell": "x", "accept_if": {"signal": "never", "threshold": None}}
+    excluded = {"cell": "y", "eligible": False, "excluded_because": "cloud tier on sensitive data"}
+    doc = {"schema_version": 1, "tasks": {"tickets": {"tiers": [{"cell": None}, "weird", never, excluded,
+                                                                {"quality": 0.9}],
                                                       "expected": 0.5, "default": {"x": 1}},
                                           "other": ["not", "a", "dict"]}, "extra": {"k": [1, 2]}}
     routing = tmp_path / "routing.json"
     routing.write_text(json.dumps(doc))
     html = build_report([str(results)], routing=str(routing))
     assert 'id="routing"' in html and "weird" in html and "other" in html
+    assert "never (not in the policy)" in html and "not eligible: cloud tier on sensitive data" in html
+
+
+def test_report_reads_the_routing_json_bench_thresholds_writes(results: Path, tmp_path: Path) -> None:
+    pytest.importorskip("bench.thresholds.cli", reason="bench thresholds is not in this checkout")
+    routing = tmp_path / "routing.json"
+    assert main(["thresholds", str(results), "-o", str(routing)]) == 0
+    out = tmp_path / "report.html"
+    assert main(["report", str(results), "-o", str(out), "--routing", str(routing)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert 'id="routing"' in html and "Expected on holdout" in html and "accept if" in html
 
 
 # ---------------------------------------------------------------- bad input, PNG, speed

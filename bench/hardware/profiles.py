@@ -8,8 +8,16 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from bench.config.validate import validate
 from bench.config.yamlpos import line_for, load_yaml_with_lines
 from bench.errors import UserInputError, did_you_mean
 
@@ -171,45 +179,12 @@ def default_dir() -> Path:
     return Path(bench.__file__).resolve().parent.parent / "hardware"
 
 
-def _explain(err: dict[str, Any]) -> str:
-    if err.get("type") == "extra_forbidden":
-        return "unknown key"
-    if err.get("type") == "missing":
-        return "required key is missing"
-    return str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-
-
-def _model_at(keys: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Profile
-    for part in keys:
-        if isinstance(part, int):
-            continue
-        sub = {"match": MatchRules, "cost_basis": CostBasis, "sources": Source}.get(part)
-        if sub is None:
-            return None
-        model = sub
-    return model
-
-
 def load_profile_file(path: Path) -> Profile:
     """Load and validate one profile; every error names the file, the line and the field."""
     data, lines = load_yaml_with_lines(path)
     if not isinstance(data, dict):
         raise UserInputError("a hardware profile must be a YAML mapping (id, name, locality, ...)", file=str(path))
-    try:
-        profile = Profile.model_validate(data)
-    except ValidationError as exc:
-        # an unknown key first: it is usually the misspelling behind a "missing" error
-        first = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")[0]
-        keys = tuple(k for k in first["loc"] if isinstance(k, (str, int)))
-        hint = None
-        if first.get("type") == "extra_forbidden" and keys:
-            parent = _model_at(keys[:-1])
-            hint = did_you_mean(str(keys[-1]), parent.model_fields) if parent else None
-        more = len(exc.errors()) - 1
-        message = _explain(first) + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
-        raise UserInputError(message, file=str(path), line=line_for(lines, keys),
-                             field=".".join(str(k) for k in keys) or None, hint=hint) from None
+    profile = validate(Profile, data, lines, path)
     if profile.id != path.stem:
         raise UserInputError(f"id {profile.id!r} differs from the file name; name the file {profile.id}.yaml",
                              file=str(path), line=line_for(lines, ("id",)), field="id")

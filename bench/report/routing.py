@@ -102,7 +102,7 @@ def _task(name: str, t: Any) -> str:
             f"<td class=\"num\">{e(_fmt(_cost(tier), '.4g'))}</td>"
             f"<td class=\"num\">{e(_fmt(_number(tier.get('latency_p95_s')), '.3g'))}</td>"
             f"<td>{'—' if meets is None else ('yes' if meets else 'no')}</td>"
-            f"<td>{e(_accept(tier.get('accept_if'), i == len(tiers)))}</td></tr>")
+            f"<td>{e(_accept(tier.get('accept_if'), i == len(tiers), tier))}</td></tr>")
     table = ("<div class=\"scroll\"><table><thead><tr><th>#</th><th>tier (cell)</th><th>locality</th>"
              "<th>quality [95% CI]</th><th>$ / 1k req</th><th>p95 latency (s)</th><th>meets target alone</th>"
              f"<th>accept if</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>") if rows else (
@@ -119,16 +119,32 @@ def _task(name: str, t: Any) -> str:
     elif expected is not None:
         exp_html = f"<h4>Expected on holdout</h4>{kv(expected)}"
     extra = {k: v for k, v in t.items() if k not in KNOWN_TASK_KEYS}
-    extra_html = f"<h4>Savings, baselines and constraints</h4>{kv(extra)}" if extra else ""
+    saving = _savings_line(t)
+    extra_html = (("<h4>Savings, baselines and constraints</h4>" + (f"<p><b>{e(saving)}</b></p>" if saving else "")
+                   + kv(extra)) if extra else "")
     return (f"<h3>{e(name)}</h3><p class=\"meta\">metric {e(t.get('metric') or '?')} · target "
             f"{e(_fmt(_number(t.get('target')), '.3g'))} · default tier: <b>{e(cell_text(t.get('default')))}</b></p>"
             f"{table}{exp_html}{extra_html}")
 
 
-def _accept(rule: Any, last: bool) -> str:
+def _savings_line(t: dict[str, Any]) -> str | None:
+    """The one-line verdict on savings, wherever the writer put it (a `*saving*` object with a `message`)."""
+    holders = [t] + [v for v in t.values() if isinstance(v, dict)]
+    for holder in holders:
+        for k, v in holder.items():
+            if "saving" in str(k) and isinstance(v, dict) and isinstance(v.get("message"), str):
+                return v["message"]
+    return None
+
+
+def _accept(rule: Any, last: bool, tier: dict[str, Any]) -> str:
+    if tier.get("eligible") is False:
+        return f"not eligible: {tier.get('excluded_because') or 'excluded'}"
     if isinstance(rule, dict):
-        signal = rule.get("signal") or "confidence"
+        signal = str(rule.get("signal") or "confidence")
         thr = _number(rule.get("threshold"))
+        if signal in ("never", "always") and thr is None:
+            return {"never": "never (not in the policy)", "always": "always"}[signal]
         if thr is None:
             return "always (final tier)" if last else f"{signal}: {rule.get('threshold')}"
         return f"{signal} ≥ {thr:.4g}"
@@ -146,6 +162,8 @@ def kv(obj: Any, depth: int = 0) -> str:
     if isinstance(obj, dict):
         if not obj:
             return "—"
+        if {"mean", "ci_low", "ci_high"} <= set(obj) and _number(obj.get("mean")) is not None:
+            return e(_quality_text(obj) + (f" (n={obj['n']})" if isinstance(obj.get("n"), int) else ""))
         if depth > 3:
             return f"<pre>{e(json.dumps(obj, indent=1, default=str))}</pre>"
         rows = "".join(f"<tr><td>{e(k)}</td><td>{kv(v, depth + 1)}</td></tr>" for k, v in obj.items())

@@ -1,20 +1,16 @@
 """Accuracy and macro-F1 of label predictions, as an evaluate module."""
 
-import datasets
 import evaluate
 
+from bench.metrics.base import string_pair_info
 from bench.tasks.classify import macro_f1
 
 
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Share of predictions equal to the reference label, and macro-F1 over the labels.",
-            citation="",
-            inputs_description="predictions: labels (empty string when unparsed); references: labels.",
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return string_pair_info(
+            "Share of predictions equal to the reference label, and macro-F1 over the labels.",
+            inputs="predictions: labels (empty string when unparsed); references: labels.")
 
     def _compute(self, predictions, references, labels=None):
         scores = [float(p == r) for p, r in zip(predictions, references)]

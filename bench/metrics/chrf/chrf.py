@@ -1,21 +1,15 @@
 """Sentence-level chrF (sacrebleu) on a 0..1 scale, as an evaluate module."""
 
-import datasets
 import evaluate
 
+from bench.metrics.base import mean_and_scores, string_pair_info
 from bench.tasks.rewrite import chrf
 
 
 class ChrF(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="chrF per sample (sacrebleu, divided by 100) and its mean.",
-            citation="Popovic, chrF: character n-gram F-score for automatic MT evaluation, 2015.",
-            inputs_description="predictions and references: strings.",
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return string_pair_info("chrF per sample (sacrebleu, divided by 100) and its mean.",
+                                "Popovic, chrF: character n-gram F-score for automatic MT evaluation, 2015.")
 
     def _compute(self, predictions, references):
-        scores = [chrf(p, r) for p, r in zip(predictions, references)]
-        return {"chrf": sum(scores) / len(scores) if scores else float("nan"), "scores": scores}
+        return mean_and_scores("chrf", chrf, predictions, references)

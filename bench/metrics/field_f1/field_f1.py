@@ -2,21 +2,17 @@
 
 import json
 
-import datasets
 import evaluate
 
+from bench.metrics.base import string_pair_info
 from bench.tasks.extract import field_prf, parse_json
 
 
 class FieldF1(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Per-field precision/recall/F1 of a JSON answer against a reference object, values normalized.",
-            citation="",
-            inputs_description="predictions: model answers (JSON, fences allowed); references: JSON objects as strings.",
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return string_pair_info(
+            "Per-field precision/recall/F1 of a JSON answer against a reference object, values normalized.",
+            inputs="predictions: model answers (JSON, fences allowed); references: JSON objects as strings.")
 
     def _compute(self, predictions, references):
         rows = [field_prf(parse_json(p), json.loads(r)) for p, r in zip(predictions, references)]
