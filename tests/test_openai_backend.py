@@ -407,3 +407,37 @@ def test_real_llama_cpp_server(llama_server):
         assert g.token_times and g.token_times == sorted(g.token_times)
         if g.token_logprobs is not None:
             assert all(math.isfinite(x) and x <= 0 for x in g.token_logprobs)
+
+
+@pytest.mark.integration
+def test_bench_run_with_an_http_cell_end_to_end(llama_server, tmp_path):
+    """`bench run` over a real server: the HTTP cell is measured, scored and priced from the price table."""
+    from bench.cli import main
+    from bench.results.store import find_runs
+    from tests.conftest import write_suite
+
+    url, proc, tail = llama_server
+    body = f"""
+name: http-e2e
+task: {{kind: classify, labels: [billing, technical]}}
+dataset: {{path: data.jsonl, input_fields: [text], reference_field: label}}
+prompt:
+  system: Classify the ticket as billing or technical. Answer with the label only.
+  template: "Ticket: {{text}}"
+target: 0.5
+generation: {{max_tokens: 8}}
+matrix:
+  backends:
+    - {{kind: openai, name: local-server, base_url: "{url}", model: smollm2, locality: on-prem,
+        price: gpt-4o-mini, concurrency: 1, max_retries: 1}}
+"""
+    suite = write_suite(tmp_path / "s", body)
+    code = main(["run", str(suite), "--limit", "3", "--results", str(tmp_path / "r")])
+    assert code == 0, tail()
+    rows = find_runs([tmp_path / "r"])[0].samples()
+    assert len(rows) == 3
+    for r in rows:
+        assert r["error"] is None and r["cell"]["backend"] == "openai" and r["locality"] == "on-prem"
+        assert r["cost_usd"] is not None and r["cost_usd"] > 0
+        assert r["ttft_s"] is not None and r["ttft_s"] <= r["latency_s"]
+        assert r["confidence"] is not None
