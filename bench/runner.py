@@ -328,4 +328,8 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
     _spawn_cell(plan, requests, on_event, isolation)
     if len(state["written"]) < len(todo):
         write_error("cell ended without an answer for this sample")
+    if not quiet and not console.is_terminal:  # logs get one line per cell instead of a live bar
+        tps = state["tokens"] / state["decode_s"] if state["decode_s"] else 0.0
+        console.print(f"{label}: {len(state['written'])} samples run, decode {tps:.1f} tok/s"
+                      + (", with errors" if state["errored"] else ""))
     return bool(state["errored"])
