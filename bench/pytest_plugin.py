@@ -95,6 +95,9 @@ class BenchSuites:
             except BenchError as exc:
                 raise pytest.UsageError(f"--bench-suite {raw}: {exc}") from None
             if suite.name in self.suites:
+                if self.suites[suite.name].path != suite.path:
+                    raise pytest.UsageError(f"--bench-suite {raw}: another suite file is also named "
+                                            f"{suite.name!r} ({self.suites[suite.name].path})")
                 continue
             self.suites[suite.name] = suite
             self.cells[suite.name] = [p.cell for p in plans]

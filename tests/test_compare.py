@@ -283,3 +283,28 @@ def test_fake_backend_swap_end_to_end(tmp_path: Path) -> None:
     assert pair["candidate"]["cell"]["model"] == "smollm2-135m-instruct"
     assert pair["quality"]["n"] == 8 and pair["quality"]["delta"] < 0
     assert compare(tmp_path / "baseline", tmp_path / "baseline")["exit_code"] == 0
+
+
+# ---------------------------------------------------------------- CI
+
+def test_job_summary_is_appended_to(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    baseline(here / "base")
+    summary = here / "step_summary.md"
+    summary.write_text("# earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert main(["compare", "base", "base", "--markdown", str(summary)]) == 0
+    text = summary.read_text()
+    assert text.startswith("# earlier step\n## bench compare: ✅ no regression")
+
+
+def test_example_ci_workflow_runs_the_swap_and_compares() -> None:
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "ci" / "bench-regression.yml"
+    doc = yaml.safe_load(path.read_text())
+    steps = doc["jobs"]["compare"]["steps"]
+    runs = "\n".join(s.get("run", "") for s in steps)
+    assert 'bench run "$suite" --models "$CANDIDATE_MODEL" --results results/candidate' in runs
+    assert "for suite in suites/extract.yaml" in runs
+    assert 'bench compare results/baseline results/candidate --markdown "$GITHUB_STEP_SUMMARY"' in runs
+    assert any(s.get("uses", "").startswith("actions/checkout") for s in steps)

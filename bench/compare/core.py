@@ -240,7 +240,8 @@ def compare(baseline: str | Path, candidate: str | Path, *, routing: dict[str, A
             routing_path: str | None = None, gate_speed: bool = False,
             factor: float = DEFAULT_FACTOR) -> dict[str, Any]:
     """Compare every task both sides ran. Raises UserInputError on bad input; the result's `exit_code` is 0 or 1."""
-    base, cand = load_side(baseline), load_side(candidate)
+    base = load_side(baseline)
+    cand = base if Path(baseline).resolve() == Path(candidate).resolve() else load_side(candidate)
     names = sorted(set(base) & set(cand))
     if not names:
         raise UserInputError(f"no task in common: the baseline has {', '.join(sorted(base))}; "
@@ -299,6 +300,11 @@ def _compare_task(b: TaskData, c: TaskData, routing_tasks: dict[str, Any], gate_
     target = float(policy["target"]) if policy else None
     pairs_, left_b, left_c = pair_cells(b.cells, c.cells)
     pairs = [compare_pair(b, pb, pc, how, tol, hib, target, gate_speed, factor) for pb, pc, how in pairs_]
+    for p in pairs:
+        n = p["samples"]
+        if n["shared"] < n["baseline"]:
+            notes.append(f"{name}: {p['candidate']['short']} has {n['shared']} of the baseline's {n['baseline']} "
+                         f"samples; compared on those")
     for cell in left_b:
         notes.append(f"{name}: {cell_label(cell.cell)} is only in the baseline; not compared")
     for cell in left_c:

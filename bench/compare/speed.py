@@ -8,9 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from bench.stats import paired_bootstrap_diff
+
 DEFAULT_FACTOR = 1.10
 N_BOOT = 2000
 SEED = 0
+BLOCK_VALUES = 2_000_000  # resampled values drawn at once
 REMOTE_BACKENDS = ("openai",)  # memory measured there is the client's, not the model's
 
 
@@ -19,11 +22,15 @@ def paired_interval(n: int, diff_of: Callable[[np.ndarray], np.ndarray], *, n_bo
     """95% percentile-bootstrap interval of a (candidate - baseline) statistic.
 
     The shared samples are resampled together (a paired bootstrap), so each resample compares the two cells on
-    the same requests; `diff_of(idx)` gets an (n_boot, n) index matrix and returns one difference per row."""
+    the same requests; `diff_of(idx)` gets a (resamples, n) index matrix and returns one difference per row.
+    Resamples are drawn in blocks, so memory stays bounded however many samples there are."""
     if n < 2:
         return None
     rng = np.random.default_rng(seed)
-    d = np.asarray(diff_of(rng.integers(0, n, size=(n_boot, n))), dtype=float)
+    block = max(1, BLOCK_VALUES // n)
+    parts = [np.asarray(diff_of(rng.integers(0, n, size=(min(block, n_boot - start), n))), dtype=float)
+             for start in range(0, n_boot, block)]
+    d = np.concatenate(parts)
     d = d[np.isfinite(d)]
     if d.size == 0:
         return None
@@ -121,9 +128,10 @@ def compare_speed(b_cell: dict[str, Any], c_cell: dict[str, Any], b_rows: list[d
     metrics = {"latency_p95_s": lat, "decode_tps": dec}
     for key, col in (("peak_rss_mb", "rss_peak_mb"), ("peak_gpu_mb", "gpu_peak_mb")):
         wb, wc = _pairs(b_rows, c_rows, col)  # per-sample window peaks: the distribution the test uses
+        diff = paired_bootstrap_diff(wb, wc) if wb.size >= 2 else None
+        interval = (diff["ci_low"], diff["ci_high"]) if diff and diff["n"] >= 2 else None
         metrics[key] = judge(_peak(b_all, col), _peak(c_all, col), lower_is_better=True, factor=factor,
-                             comparable=memory_ok,
-                             interval=paired_interval(wb.size, lambda i: wc[i].mean(axis=1) - wb[i].mean(axis=1)))
+                             comparable=memory_ok, interval=interval)
     names = {"latency_p95_s": ("p95 latency", "s", 3), "decode_tps": ("decode", "tok/s", 1),
              "peak_rss_mb": ("peak RSS", "MB", 0), "peak_gpu_mb": ("peak GPU memory", "MB", 0)}
     worse = [k for k, m in metrics.items() if m["verdict"] == "worse"]

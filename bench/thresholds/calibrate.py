@@ -25,10 +25,18 @@ class Split:
     cost: np.ndarray       # the objective's unit per request (USD or seconds), a missing one is the tier's mean
     cost_usd: np.ndarray   # USD per request, NaN where unknown
     latency: np.ndarray    # seconds per request, a missing one is the tier's mean
+    _cumulative: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n(self) -> int:
         return len(self.ids)
+
+    def cumulative(self, chain: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Cost and latency summed along a chain (row i: every tier up to position i), computed once per chain."""
+        if chain not in self._cumulative:
+            idx = list(chain)
+            self._cumulative[chain] = (np.cumsum(self.cost[idx], axis=0), np.cumsum(self.latency[idx], axis=0))
+        return self._cumulative[chain]
 
 
 @dataclass

@@ -74,6 +74,36 @@ def baselines(cal: Calibrated, policy: Policy, expected: dict[str, Any]) -> dict
             "savings_vs_always_largest": savings}
 
 
+def _sweep(split: Any, weak: int, strong: int) -> list[tuple[float, float]]:
+    """(strong share, quality) of the weak-then-strong cascade at every distinct weak confidence, plus the
+    verified-only rule; computed from sorted prefix sums, the same numbers as replaying each threshold."""
+    n = split.n
+    out = []
+    r = replay(split, Policy((weak, strong), (VERIFIED_ONLY,)))
+    out.append((float((r.stop > 0).mean()), _mean(r.value) or 0.0))
+    conf, verified = split.conf[weak], split.verified[weak]
+    idx = np.flatnonzero(verified & np.isfinite(conf))
+    if not idx.size:
+        return out
+    idx = idx[np.argsort(-conf[idx], kind="stable")]
+    vw, vs = split.value[weak], split.value[strong]
+    ok_w, ok_s = ~np.isnan(vw), ~np.isnan(vs)
+    sum_s, cnt_s = float(np.nansum(vs)), int(ok_s.sum())
+    # accepting the top k by confidence swaps those samples' strong answers for weak ones
+    cs_w = np.cumsum(np.where(ok_w[idx], vw[idx], 0.0))
+    cc_w = np.cumsum(ok_w[idx])
+    cs_s = np.cumsum(np.where(ok_s[idx], vs[idx], 0.0))
+    cc_s = np.cumsum(ok_s[idx])
+    c = conf[idx]
+    ends = np.flatnonzero(np.append(c[1:] != c[:-1], True))  # last position of each distinct confidence
+    total = sum_s - cs_s[ends] + cs_w[ends]
+    count = cnt_s - cc_s[ends] + cc_w[ends]
+    quality = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    share = 1.0 - (ends + 1) / n
+    out.extend(zip(share.tolist(), quality.tolist()))
+    return out
+
+
 def routellm(cal: Calibrated, policy: Policy) -> dict[str, Any]:
     """APGR and CPT(50%), CPT(80%) of the weak/strong cascade on holdout; null with a reason when undefined."""
     weak, strong = cal.cheapest(), cal.strongest()
@@ -90,14 +120,9 @@ def routellm(cal: Calibrated, policy: Policy) -> dict[str, Any]:
     if q_w is None or q_s is None or q_s - q_w <= 0:
         return base | {"reason": "the cheapest tier is at least as good as the strongest on holdout: no gap"}
     gap = q_s - q_w
-    conf = hold.conf[weak]
-    thresholds = [VERIFIED_ONLY] + sorted({float(c) for c in conf[np.isfinite(conf)]})
     best: dict[float, float] = {0.0: 0.0, 1.0: 1.0}
-    for t in thresholds:
-        r = replay(hold, Policy((weak, strong), (t,)))
-        x = float((r.stop > 0).mean())
-        pgr = ((_mean(r.value) or 0.0) - q_w) / gap
-        best[x] = max(best.get(x, -math.inf), pgr)
+    for x, quality in _sweep(hold, weak, strong):
+        best[x] = max(best.get(x, -math.inf), (quality - q_w) / gap)
     xs = sorted(best)
     ys = [best[x] for x in xs]
     apgr = float(sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1)))

@@ -75,11 +75,13 @@ def replay(split: Split, policy: Policy) -> Replay:
     stop = np.full(n, k - 1)
     for pos in range(k - 2, -1, -1):
         stop = np.where(accept_mask(split, chain[pos], policy.thresholds[pos]), pos, stop)
+    if not n:
+        return Replay(stop=stop, value=np.zeros(0), cost=np.zeros(0), latency=np.zeros(0))
     cols = np.arange(n)
-    rows = np.asarray(chain)[stop] if n else np.zeros(0, dtype=int)
-    return Replay(stop=stop, value=split.value[rows, cols] if n else np.zeros(0),
-                  cost=np.cumsum(split.cost[chain], axis=0)[stop, cols] if n else np.zeros(0),
-                  latency=np.cumsum(split.latency[chain], axis=0)[stop, cols] if n else np.zeros(0))
+    rows = np.asarray(chain)[stop]
+    cum_cost, cum_latency = split.cumulative(tuple(chain))
+    return Replay(stop=stop, value=split.value[rows, cols], cost=cum_cost[stop, cols],
+                  latency=cum_latency[stop, cols])
 
 
 def candidates(split: Split, tier: int) -> list[float]:
