@@ -10,6 +10,8 @@ from rich.table import Table
 
 console = Console(stderr=True)   # progress and logs
 out = Console()                  # tables and results
+if not out.is_terminal:          # a log or a pipe: don't squeeze the table into 80 columns
+    out = Console(width=200)
 
 
 def cell_progress(quiet: bool = False) -> Progress:
