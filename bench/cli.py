@@ -41,7 +41,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import run_suite
 
     suite = load_suite(args.suite)
-    outcome = run_suite(suite, models=args.models, limit=args.limit, hardware=args.hardware,
+    outcome = run_suite(suite, models=args.models, quantizations=args.quantizations, limit=args.limit,
+                        hardware=args.hardware,
                         results_dir=Path(args.results), fresh=args.fresh, isolation=args.isolation,
                         quiet=args.json)
     summary = outcome.summary
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a suite over its model x quantization x hardware matrix")
     r.add_argument("suite")
     r.add_argument("--models", type=_csv, help="comma-separated model ids (catalog ids or the suite's endpoints)")
+    r.add_argument("--quantizations", type=_csv, metavar="Q[,Q...]",
+                   help="run catalog models at these quantizations (derived when missing), e.g. Q8_0,Q4_K_M,Q2_K")
     r.add_argument("--limit", type=_positive, help="use at most N samples")
     r.add_argument("--hardware", help="hardware profile id (default: the profile matching this machine)")
     r.add_argument("--results", default="results", help="results directory (default: results)")

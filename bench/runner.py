@@ -75,8 +75,11 @@ def identity(suite: Suite) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def plan_cells(suite: Suite, models: list[str] | None, hardware_id: str, locality: str) -> list[CellPlan]:
-    """Cross models x quantizations with local backends; each HTTP backend is a cell of its own."""
+def plan_cells(suite: Suite, models: list[str] | None, hardware_id: str, locality: str,
+               quantizations: list[str] | None = None) -> list[CellPlan]:
+    """Cross models x quantizations with local backends; each HTTP backend is a cell of its own.
+
+    `quantizations` replaces every catalog model's list (variants are derived when missing)."""
     refs = suite.matrix.model_refs() or [ModelRef(id=DEFAULT_MODEL)]
     endpoints = {b.name: b for b in suite.matrix.backends if isinstance(b, OpenAIBackendConfig)}
     if models:
@@ -106,7 +109,7 @@ def plan_cells(suite: Suite, models: list[str] | None, hardware_id: str, localit
                         exc.line = suite_line(suite, "matrix", "models")
                         exc.field = "matrix.models"
                         raise
-                    quants = ref.quantizations or [entry.quantization]
+                    quants = quantizations or ref.quantizations or [entry.quantization]
                     chat = entry.chat if ref.chat is None else ref.chat
                 else:
                     quants = ref.quantizations or ["unknown"]
@@ -214,7 +217,8 @@ def _bandwidth(info: dict[str, Any], profile: Any) -> tuple[float, str] | None:
     return (float(figure), "profile") if figure else None
 
 
-def run_suite(suite: Suite, *, models: list[str] | None = None, limit: int | None = None,
+def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: list[str] | None = None,
+              limit: int | None = None,
               hardware: str | None = None, results_dir: Path = Path("results"), fresh: bool = False,
               isolation: str = "process", quiet: bool = False) -> RunOutcome:
     """Run every cell of the suite's matrix on every sample not already stored; write the summary."""
@@ -224,7 +228,11 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, limit: int | Non
     samples = load_samples(suite, limit)  # bad data fails here, before any model loads
     info, profile, note, profiles = _hardware(hardware)
     hardware_id = profile.id if profile is not None else f"unprofiled-{info['fingerprint']}"
-    plans = plan_cells(suite, models, hardware_id, "local")  # in-process engines run on this machine
+    if quantizations:
+        from bench.models.quantize import normalize_qtype
+
+        quantizations = [normalize_qtype(q) for q in quantizations]
+    plans = plan_cells(suite, models, hardware_id, "local", quantizations)  # in-process engines: this machine
     if not plans:
         raise UserInputError("the matrix has no cells (no models, or --models matched none)", file=str(suite.path),
                              line=suite_line(suite, "matrix"), field="matrix")

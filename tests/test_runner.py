@@ -117,3 +117,13 @@ def test_json_output_is_one_document(tmp_path, capsys, fake_suite) -> None:
     doc = json.loads(out)
     assert {c["cell"]["model"] for c in doc["summary"]["cells"]} == {"smollm2-135m-instruct",
                                                                      "qwen2.5-coder-0.5b-instruct"}
+
+
+def test_quantizations_flag_crosses_catalog_models(tmp_path, fake_suite, capsys) -> None:
+    code = main(["run", str(fake_suite), "--results", str(tmp_path / "r"), "--isolation", "inline",
+                 "--models", "smollm2-135m-instruct", "--quantizations", "q8_0,Q2_K", "--json"])
+    assert code == 0
+    cells = json.loads(capsys.readouterr().out)["summary"]["cells"]
+    assert sorted(c["cell"]["quantization"] for c in cells) == ["Q2_K", "Q8_0"]
+    code = main(["run", str(fake_suite), "--results", str(tmp_path / "r"), "--quantizations", "Q9_X"])
+    assert code == 2 and "cannot quantize to 'Q9_X'" in capsys.readouterr().err
