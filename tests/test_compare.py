@@ -12,7 +12,6 @@ import pytest
 from bench.cli import main
 from bench.compare import compare, pair_cells
 from bench.compare.core import CellData
-from bench.compare.markdown import render
 from bench.compare.speed import judge
 
 GOLDEN = Path(__file__).parent / "golden"

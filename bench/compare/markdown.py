@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.compare.core import OK, REGRESSION, WORSE_SPEED
+from bench.compare.core import REGRESSION, WORSE_SPEED
 
 QUALITY_HEADER = ("task", "baseline", "candidate", "delta [95% CI]", "verdict")
 SPEED_HEADER = ("task", "baseline -> candidate", "p95 latency s", "decode tok/s", "peak RSS MB", "peak GPU MB",
@@ -131,5 +131,3 @@ def render(result: dict[str, Any]) -> str:
         out += ["", "### Notes", ""] + [f"- {_esc(n)}" for n in notes]
     return "\n".join(out) + "\n"
 
-
-__all__ = ["render", "quality_rows", "speed_rows", "pair_lines", "headline", "OK"]

@@ -14,6 +14,7 @@ DEFAULT_FACTOR = 1.10
 N_BOOT = 2000
 SEED = 0
 BLOCK_VALUES = 2_000_000  # resampled values drawn at once
+WORK_VALUES, MIN_BOOT = 10_000_000, 400  # past 5,000 samples, fewer resamples: the interval is narrow by then
 REMOTE_BACKENDS = ("openai",)  # memory measured there is the client's, not the model's
 
 
@@ -23,9 +24,11 @@ def paired_interval(n: int, diff_of: Callable[[np.ndarray], np.ndarray], *, n_bo
 
     The shared samples are resampled together (a paired bootstrap), so each resample compares the two cells on
     the same requests; `diff_of(idx)` gets a (resamples, n) index matrix and returns one difference per row.
-    Resamples are drawn in blocks, so memory stays bounded however many samples there are."""
+    Resamples are drawn in blocks, so memory stays bounded; past WORK_VALUES / n_boot samples there are fewer
+    of them (at least MIN_BOOT), so the work stays bounded too."""
     if n < 2:
         return None
+    n_boot = min(n_boot, max(MIN_BOOT, WORK_VALUES // n))
     rng = np.random.default_rng(seed)
     block = max(1, BLOCK_VALUES // n)
     parts = [np.asarray(diff_of(rng.integers(0, n, size=(min(block, n_boot - start), n))), dtype=float)

@@ -66,6 +66,9 @@ def summarize_cell(rows: list[dict[str, Any]], extra: dict[str, Any] | None = No
         "latency_s": _p([d["latency_s"] for d in derived]),
         "prefill_tps": pre_tok / pre_s if pre_s else None,
         "decode_tps": dec_tok / dec_s if dec_s else None,
+        # per-sample medians: robust to a few samples slowed by something else on the machine
+        "prefill_tps_p50": percentile([d["prefill_tps"] for d in derived], 50),
+        "decode_tps_p50": percentile([d["decode_tps"] for d in derived], 50),
         "prompt_tokens_mean": _mean([r.get("prompt_tokens") for r in ok]),
         "completion_tokens_mean": _mean([r.get("completion_tokens") for r in ok]),
         "cached_prompt_share": (sum(r.get("cached_tokens") or 0 for r in ok)
