@@ -337,7 +337,7 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
     if len(state["written"]) < len(todo):
         write_error("cell ended without an answer for this sample")
     if not quiet and not console.is_terminal:  # logs get one line per cell instead of a live bar
-        tps = state["tokens"] / state["decode_s"] if state["decode_s"] else 0.0
-        console.print(f"{label}: {len(state['written'])} samples run, decode {tps:.1f} tok/s"
+        tps = f", decode {state['tokens'] / state['decode_s']:.1f} tok/s" if state["decode_s"] else ""
+        console.print(f"{label}: {len(state['written'])} samples run{tps}"
                       + (", with errors" if state["errored"] else ""))
     return bool(state["errored"])
