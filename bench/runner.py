@@ -217,6 +217,17 @@ def _bandwidth(info: dict[str, Any], profile: Any) -> tuple[float, str] | None:
     return (float(figure), "profile") if figure else None
 
 
+def _shown_path(path: Path | None) -> str:
+    """The suite's path relative to the working directory when it is below it, so committed results name no
+    folder of the machine that made them."""
+    if path is None:
+        return ""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: list[str] | None = None,
               limit: int | None = None,
               hardware: str | None = None, results_dir: Path = Path("results"), fresh: bool = False,
@@ -237,7 +248,8 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: l
         raise UserInputError("the matrix has no cells (no models, or --models matched none)", file=str(suite.path),
                              line=suite_line(suite, "matrix"), field="matrix")
     manifest = {
-        "suite": {"name": suite.name, "path": str(suite.path), "sha256": suite.sha256, "identity": identity(suite),
+        "suite": {"name": suite.name, "path": _shown_path(suite.path), "sha256": suite.sha256,
+                  "identity": identity(suite),
                   "task": suite.kind, "metric": suite.metric or get_task(suite.kind).metric, "target": suite.target,
                   "tolerance": suite.tolerance, "sensitive": suite.sensitive,
                   "max_p95_latency_s": suite.max_p95_latency_s, "n_samples": len(samples),
