@@ -6,7 +6,6 @@ import json
 import shutil
 import struct
 import time
-from pathlib import Path
 
 import pytest
 

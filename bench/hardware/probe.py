@@ -102,7 +102,6 @@ def probe(threads: int | None = None, array_mb: float | None = None, repetitions
     if not all(a[i] == b[i] + 3.0 * c[i] and c[i] > 1.0 for i in (0, n // 2, n - 1)):
         raise RuntimeError("bandwidth probe produced wrong values")
     elapsed = time.perf_counter() - started
-    del a, b, c
     return {
         "schema_version": PROBE_SCHEMA_VERSION,
         "copy_gbs": round(COPY_BYTES * n / best_copy / 1e9, 2),
