@@ -50,6 +50,7 @@ class Registry(Generic[T]):
 
 
 BACKENDS: Registry[Callable[..., Any]] = Registry("backend")
+LOCAL_KINDS = ("llamacpp", "fake", "vllm")  # backends that run in this process, on this machine
 TASKS: Registry[Any] = Registry("task kind")
 METRICS: Registry[Any] = Registry("metric")
 

@@ -13,7 +13,7 @@ from bench.thresholds import ROUTING_SCHEMA_VERSION, validate_routing
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-LOCAL_KINDS = ("llamacpp", "fake", "vllm")
+from bench.registry import LOCAL_KINDS
 
 
 class Router:

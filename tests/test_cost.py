@@ -7,7 +7,13 @@ import textwrap
 
 import pytest
 
-from bench.cost import cost_per_1k, find_price, hourly_cost_usd, load_prices, token_cost_usd
+from bench.cost import (
+    cost_per_1k,
+    find_price,
+    hourly_cost_usd,
+    load_prices,
+    token_cost_usd,
+)
 from bench.errors import UserInputError
 
 EXPECTED = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "claude-sonnet-4-5",

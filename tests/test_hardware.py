@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from bench.errors import UserInputError
-from bench.hardware import current, detect, fingerprint, get_profile, load_profiles, match_profile
+from bench.hardware import (
+    current,
+    detect,
+    fingerprint,
+    get_profile,
+    load_profiles,
+    match_profile,
+)
 from bench.hardware.probe import load_probe, probe, save_probe
 from bench.hardware.profiles import HOURS_PER_YEAR, default_dir, load_profile_file
 

@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 
 from bench.backends.base import Generation, Request, create_backend
-from bench.backends.openai_http import BACKOFF_CAP_S, OpenAIBackend, backoff_s, retry_after_s
+from bench.backends.openai_http import (
+    BACKOFF_CAP_S,
+    OpenAIBackend,
+    backoff_s,
+    retry_after_s,
+)
 from bench.config.suite import OpenAIBackendConfig
 from bench.errors import ModelError
 

@@ -11,8 +11,15 @@ import pytest
 
 from bench.errors import UserInputError
 from bench.models.catalog import DEFAULT_MODEL, get_entry
-from bench.models.quantize import (SUPPORTED, derive, derived_path, normalize_qtype, provenance_path,
-                                   read_gguf_header, run_quantize)
+from bench.models.quantize import (
+    SUPPORTED,
+    derive,
+    derived_path,
+    normalize_qtype,
+    provenance_path,
+    read_gguf_header,
+    run_quantize,
+)
 
 
 def test_qtype_names():

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bench.roofline import (bandwidth_utilization, bytes_per_token, decode_ceiling_tps, kv_bytes_per_token,
-                            prefill_utilization)
+from bench.roofline import (
+    bandwidth_utilization,
+    bytes_per_token,
+    decode_ceiling_tps,
+    kv_bytes_per_token,
+    prefill_utilization,
+)
 
 
 def test_bytes_per_token_is_weights_plus_kv_read():

@@ -15,7 +15,7 @@ from bench.errors import UserInputError
 from bench.router import Router
 from bench.thresholds.document import build, dumps, write
 from bench.thresholds.gather import gather
-from tests.conftest import write_suite
+from tests.conftest import FAKE_SUITE, write_suite
 from tests.test_thresholds import tier, write_run
 
 
@@ -85,28 +85,11 @@ def test_importing_the_router_stays_light() -> None:
 
 # ---------------------------------------------------------------- run(): the cascade through real backends
 
-TWO_FAKE_TIERS = """
-name: route-fake
-task:
-  kind: classify
-  labels: [billing, technical]
-dataset:
-  path: data.jsonl
-  input_fields: [text]
-  reference_field: label
-split: {seed: 3, holdout_fraction: 0.5}
-prompt:
-  system: Classify the ticket as billing or technical. Answer with the label only.
-  template: "Ticket: {text}"
-target: 0.8
-generation:
-  max_tokens: 8
-matrix:
-  models: [smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct]
-  backends:
-    - kind: fake
-      accuracy_by_model: {smollm2-135m-instruct: 0.6, qwen2.5-coder-0.5b-instruct: 0.9}
-"""
+TWO_FAKE_TIERS = (FAKE_SUITE.replace("name: tickets", "name: route-fake")
+                  .replace("target: 0.6", "split: {seed: 3, holdout_fraction: 0.5}\ntarget: 0.8")
+                  .replace("smollm2-135m-instruct: 0.5, qwen2.5-coder-0.5b-instruct: 1.0",
+                           "smollm2-135m-instruct: 0.6, qwen2.5-coder-0.5b-instruct: 0.9"))
+assert TWO_FAKE_TIERS.count("route-fake") == 1 and "0.9}" in TWO_FAKE_TIERS and "seed: 3" in TWO_FAKE_TIERS
 
 
 def _route_holdout(routing: Path, task: str, samples: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from bench.stats import bootstrap_mean, mean_ci, paired_bootstrap_diff, percentile, wilson
+from bench.stats import (
+    bootstrap_mean,
+    mean_ci,
+    paired_bootstrap_diff,
+    percentile,
+    wilson,
+)
 
 
 def test_wilson_known_values() -> None:

@@ -7,7 +7,13 @@ import math
 
 import pytest
 
-from bench.config.suite import ClassifyTask, ExtractTask, NormalizeTask, RewriteTask, SummarizeTask
+from bench.config.suite import (
+    ClassifyTask,
+    ExtractTask,
+    NormalizeTask,
+    RewriteTask,
+    SummarizeTask,
+)
 from bench.metrics import load_metric
 from bench.tasks import get_task
 from bench.tasks.classify import macro_f1, parse_label

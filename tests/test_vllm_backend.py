@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from bench.backends.vllm_backend import VLLMBackend, _gpu_present, _timing
+from bench.config import load_suite
 from bench.config.suite import VLLMBackendConfig
 from bench.errors import ModelError
 from bench.runner import run_suite
-from bench.config import load_suite
 from tests.conftest import FAKE_SUITE, write_suite
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import SCHEMA_VERSION
-from bench.compare.speed import DEFAULT_FACTOR, compare_speed
+from bench.compare.speed import DEFAULT_FACTOR, _num, compare_speed
 from bench.errors import UserInputError
 from bench.results.schema import cell_id as make_cell_id
 from bench.results.schema import cell_label
@@ -137,14 +136,6 @@ def pair_cells(base: list[CellData], cand: list[CellData]) -> tuple[list[tuple[C
 
 
 # ---------------------------------------------------------------- quality
-
-def _num(x: Any) -> float | None:
-    """A JSON-safe number: NaN and infinities become null."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
 
 def _score(row: dict[str, Any]) -> float | None:
     s = row.get("score")

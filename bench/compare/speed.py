@@ -70,6 +70,7 @@ def judge(base: float | None, cand: float | None, *, lower_is_better: bool, inte
 
 
 def _num(x: Any) -> float | None:
+    """A JSON-safe number: NaN and infinities become null."""
     if x is None:
         return None
     x = float(x)

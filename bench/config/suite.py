@@ -21,6 +21,7 @@ from pydantic import (
 from bench.config.validate import validate
 from bench.config.yamlpos import line_for, load_yaml_with_lines
 from bench.errors import UserInputError
+from bench.registry import LOCAL_KINDS  # noqa: F401 - re-exported for the runner
 
 TASK_KINDS = ("summarize", "classify", "extract", "rewrite", "normalize")
 
@@ -211,8 +212,6 @@ BackendConfig = Annotated[
     Union[LlamaCppBackendConfig, FakeBackendConfig, OpenAIBackendConfig, VLLMBackendConfig],
     Field(discriminator="kind"),
 ]
-
-LOCAL_KINDS = ("llamacpp", "fake", "vllm")
 
 
 # ---------------------------------------------------------------- models in the matrix

@@ -101,7 +101,13 @@ def is_cached(model_id: str, quantization: str | None = None) -> bool:
 
 
 def _progress(quiet: bool):
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from bench.display import console
 

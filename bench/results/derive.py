@@ -13,7 +13,11 @@ def write_summary(run: RunDir, profile: Any, bandwidth: tuple[float, str] | None
     """Derive summary.json from samples.jsonl, plus the roofline from the hardware's bandwidth and FLOP/s.
 
     `bandwidth` is (GB/s, where the figure came from: "probe" or "profile")."""
-    from bench.roofline import bandwidth_utilization, decode_ceiling_tps, prefill_utilization
+    from bench.roofline import (
+        bandwidth_utilization,
+        decode_ceiling_tps,
+        prefill_utilization,
+    )
 
     rows = run.samples()
     summary = build_summary(rows, run.manifest())

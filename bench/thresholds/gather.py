@@ -9,9 +9,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bench.errors import BenchError, UserInputError, did_you_mean
+from bench.registry import LOCAL_KINDS
 from bench.results.store import RunDir, find_runs
 
-LOCAL_KINDS = ("llamacpp", "fake", "vllm")
 SECRET_WORDS = ("api_key", "password", "secret", "token", "authorization")
 
 
