@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import UserInputError, did_you_mean
-from bench.thresholds import ROUTING_SCHEMA_VERSION, validate_routing
+from bench.thresholds import read_routing
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -19,32 +20,33 @@ from bench.registry import LOCAL_KINDS
 class Router:
     """Follows the per-task policies of one routing.json. Backends load on first use and are kept per tier."""
 
-    def __init__(self, doc: dict[str, Any], path: str | None = None):
+    def __init__(self, doc: dict[str, Any], path: str | None = None, *, trust_failed_holdout: bool = False):
         self.doc = doc
         self.path = path
+        self.trust_failed_holdout = trust_failed_holdout
         self._backends: dict[str, Any] = {}
         self._costs: dict[str, Any] = {}
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ loading and lookups
     @classmethod
-    def load(cls, path: str | Path) -> Router:
-        """Read and validate a routing.json; a file from a newer bench is refused."""
-        where = str(path)
-        try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserInputError("file not found", file=where) from None
-        except ValueError as exc:
-            raise UserInputError(f"not valid JSON: {exc}", file=where) from None
-        version = doc.get("schema_version") if isinstance(doc, dict) else None
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise UserInputError("no schema_version: not a routing file", file=where, field="schema_version")
-        if version > ROUTING_SCHEMA_VERSION:
-            raise UserInputError(f"schema_version {version} is newer than this bench understands "
-                                 f"({ROUTING_SCHEMA_VERSION})", file=where, field="schema_version",
-                                 hint="upgrade bench")
-        validate_routing(doc, where)
-        return cls(doc, where)
+    def load(cls, path: str | Path, *, trust_failed_holdout: bool = False) -> Router:
+        """Read and validate a routing.json; a file from a newer or an older bench is refused.
+
+        A task whose policy failed on holdout is sent to its fallback tier (the strongest eligible one), with a
+        warning, unless trust_failed_holdout is set."""
+        return cls(read_routing(path), str(path), trust_failed_holdout=trust_failed_holdout)
+
+    def overridden(self, task: str) -> bool:
+        """True where the task's policy failed on holdout and this router sends it to the fallback tier instead."""
+        t = self._task(task)
+        return t.get("status") == "failed_holdout" and not self.trust_failed_holdout and bool(t.get("fallback"))
+
+    def _note_override(self, task: str) -> None:
+        if task not in self._warned:
+            self._warned.add(task)
+            warnings.warn(f"routing: task {task!r} failed on holdout; sending it to {self._task(task)['fallback']} "
+                          "(pass trust_failed_holdout=True to follow the calibrated policy)", stacklevel=3)
 
     def tasks(self) -> list[str]:
         return sorted(self.doc["tasks"])
@@ -66,11 +68,17 @@ class Router:
 
     def chain(self, task: str) -> list[str]:
         """The tiers a request may pass through, in order."""
+        if self.overridden(task):
+            self._note_override(task)
+            return [self._task(task)["fallback"]]
         return list((self._task(task).get("policy") or {}).get("chain") or [])
 
     def first(self, task: str) -> str:
         """The cell to send a request of this task to first."""
         t = self._task(task)
+        if self.overridden(task):
+            self._note_override(task)
+            return t["fallback"]
         if not t.get("default"):
             raise UserInputError(f"task {task!r} has no eligible tier: {t['expected'].get('message', '')}",
                                  file=self.path, field=f"tasks.{task}.default")
@@ -78,6 +86,8 @@ class Router:
 
     def accept(self, task: str, cell: str, confidence: float | None, verified: bool) -> bool:
         """True: keep this tier's answer; False: escalate to the next tier of the chain."""
+        if self.overridden(task):
+            return True  # the fallback tier answers alone
         rule = self._tier(task, cell)["accept_if"]
         signal = rule["signal"]
         if signal == "always":

@@ -253,6 +253,7 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: l
                   "task": suite.kind, "metric": suite.metric or get_task(suite.kind).metric, "target": suite.target,
                   "tolerance": suite.tolerance, "sensitive": suite.sensitive,
                   "max_p95_latency_s": suite.max_p95_latency_s, "n_samples": len(samples),
+                  "min_samples": suite.min_samples, "delta": suite.delta,
                   "config": suite.model_dump(mode="json")},
         "bench_version": __version__,
         "environment": environment(),

@@ -146,7 +146,7 @@ def test_sensitive_suite_leaves_out_cloud_tiers_and_says_why(tmp_path) -> None:
 def test_only_cloud_tiers_on_sensitive_data_route_nowhere(tmp_path) -> None:
     root = write_run(tmp_path, [tier("cloud", 0.99, locality="cloud", backend="openai")], sensitive=True)
     t = task_of(routing(root))
-    assert t["default"] is None and t["policy"]["status"] == "no_eligible_tier"
+    assert t["default"] is None and t["status"] == "unreachable" and "no eligible tier" in t["policy"]["message"]
     assert t["expected"]["meets_target_on_holdout"] is False
 
 
@@ -169,21 +169,23 @@ def test_holdout_shortfall_is_reported_in_the_file_and_on_the_terminal(tmp_path,
     root = write_run(tmp_path, [tier("lucky", 0.3, acc_cal=1.0, acc_hold=0.3, cost=0.0001),
                                 tier("big", 0.5, cost=0.01)])
     out = tmp_path / "routing.json"
-    assert main(["thresholds", str(root), "-o", str(out)]) == 0
+    assert main(["thresholds", str(root), "-o", str(out)]) == 1  # a policy its holdout contradicts
     t = task_of(json.loads(out.read_text()))
     e = t["expected"]
-    assert e["meets_target_on_holdout"] is False and "falls short" in e["message"]
-    assert "significantly" in e["message"]
+    assert e["meets_target_on_holdout"] is False and "failed on holdout" in e["message"]
+    assert t["status"] == "failed_holdout" and t["fallback"] == by_model(t)["big"]["cell"]
     err = capsys.readouterr().err
-    assert "WARNING" in err and "falls short of the target 0.8" in err
+    assert "WARNING" in err and "whole interval is below the target 0.8" in err
+    assert "failed on holdout: tickets" in err
 
 
 def test_no_admissible_policy_falls_back_to_the_strongest_tier(tmp_path) -> None:
     root = write_run(tmp_path, [tier("a", 0.5, cost=0.001), tier("b", 0.6, cost=0.002)], target=0.95)
     t = task_of(routing(root))
-    assert t["policy"]["status"] == "target_unreachable"
+    assert t["status"] == t["policy"]["status"] == "unreachable"
     assert t["policy"]["chain"] == [by_model(t)["b"]["cell"]]
-    assert "no tier or cascade reaches the target" in t["policy"]["message"]
+    assert "no tier or cascade passes Learn-then-Test" in t["policy"]["message"]
+    assert t["guarantee"]["holds"] is False
 
 
 def test_tier_without_confidence_can_only_accept_verified_answers(tmp_path) -> None:
@@ -293,27 +295,28 @@ def test_floats_are_rounded_and_thresholds_still_accept_their_sample() -> None:
         assert f <= x and float(f"{f:.6g}") == f
 
 
-def test_litellm_config_lists_the_chain_and_says_what_it_cannot_express(tmp_path) -> None:
+def test_litellm_config_is_labelled_fallback_only_and_keeps_no_cheaper_tier(tmp_path) -> None:
     root = write_run(tmp_path, [tier("small", 0.6, cost=0.0001),
                                 tier("big", 0.97, cost=0.01, backend="openai", locality="cloud")], n=200,
                      target=0.85)
     out = tmp_path / "routing.json"
     assert main(["thresholds", str(root), "--format", "litellm", "-o", str(out)]) == 0
     text = (tmp_path / "routing.litellm.yaml").read_text()
-    assert "cannot express" in text and "confidence thresholds" in text and "verification" in text
+    assert "FALLBACK-ONLY" in text and "does NOT deploy routing.json's policy" in text
+    doc = json.loads(out.read_text())
+    assert len(doc["tasks"]["tickets"]["policy"]["chain"]) == 2  # the policy is a cascade...
     config = yaml.safe_load(text)
     names = [m["model_name"] for m in config["model_list"]]
-    assert names == ["tickets/small@Q4_1", "tickets/big@Q4_1"]
-    assert config["router_settings"]["fallbacks"] == [{names[0]: [names[1]]}]
+    assert names == ["tickets/big@Q4_1"]  # ...which LiteLLM cannot run: only the tier it ends in is deployed
     assert config["router_settings"]["model_group_alias"] == {"tickets": names[0]}
-    big = config["model_list"][1]["litellm_params"]
+    assert config["bench"]["mode"] == "fallback-only" and "expected" not in config
+    big = config["model_list"][0]["litellm_params"]
     assert big["api_key"] == "os.environ/EXAMPLE_KEY" and big["api_base"] == "https://api.example.com/v1"
-    assert config["model_list"][0]["model_info"]["bench_accept_if"]["signal"] == "confidence"
 
 
 def test_golden_routing_file(tmp_path) -> None:
     """The whole document for a small case; BENCH_UPDATE_GOLDEN=1 rewrites it after a deliberate change."""
-    root = write_run(tmp_path, [tier("small", 0.6, cost=0.0001), tier("big", 0.95, cost=0.01)], n=40,
+    root = write_run(tmp_path, [tier("small", 0.6, cost=0.0001), tier("big", 0.95, cost=0.01)], n=160,
                      target=0.75, run_id="20260101T000000Z-0042")
     doc = routing(root)
     doc.pop("created_at")

@@ -83,19 +83,10 @@ def load_side(path: str | Path) -> dict[str, TaskData]:
 
 
 def load_routing(path: str | Path) -> dict[str, Any]:
-    """A routing.json: its `tasks`, each with a numeric `target`."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserInputError("routing file not found", file=str(p), field="--routing")
-    doc = read_json(p)
-    tasks = doc.get("tasks")
-    if not isinstance(tasks, dict):
-        raise UserInputError("expected 'tasks', a mapping of task name to its policy", file=str(p), field="tasks")
-    for name, policy in tasks.items():
-        target = policy.get("target") if isinstance(policy, dict) else None
-        if not isinstance(target, (int, float)) or isinstance(target, bool):
-            raise UserInputError("expected a number", file=str(p), field=f"tasks.{name}.target")
-    return doc
+    """A routing.json, validated by the one routing loader."""
+    from bench.thresholds import read_routing
+
+    return read_routing(path)
 
 
 # ---------------------------------------------------------------- pairing

@@ -256,6 +256,9 @@ class Suite(Strict):
     tolerance: float = Field(0.02, ge=0, description="a drop beyond this is a regression in 'bench compare'")
     sensitive: bool = Field(False, description="data must stay on local or on-prem tiers")
     max_p95_latency_s: float | None = Field(None, gt=0)
+    min_samples: int = Field(30, ge=1, description="fewer scored samples than this decide nothing: "
+                             "insufficient_data, never meets_target")
+    delta: float = Field(0.05, gt=0, lt=0.5, description="the chance a chosen routing policy may miss its target")
     limit: int | None = Field(None, gt=0, description="use at most this many samples")
     generation: GenerationConfig = GenerationConfig()
     matrix: MatrixConfig = MatrixConfig()

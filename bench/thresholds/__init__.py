@@ -10,7 +10,9 @@ from typing import Any
 from bench.errors import UserInputError
 
 # routing.json's own version: bump on a breaking change to its fields (bench.router refuses newer files).
-ROUTING_SCHEMA_VERSION = 1
+# 2: Learn-then-Test policies with `status`, `guarantee` and `fallback` per task; version 1 files carried no
+#    guarantee and cannot be migrated (their thresholds were chosen without one): they are refused.
+ROUTING_SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("routing.schema.json")
 
 
@@ -31,3 +33,31 @@ def validate_routing(doc: Any, where: str) -> None:
         field = ".".join(str(p) for p in first.absolute_path) or None
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise UserInputError(f"not a valid routing file: {first.message}{more}", file=where, field=field)
+
+
+def read_routing(path: str | Path) -> dict[str, Any]:
+    """Read and validate a routing.json: the one loader every command uses. Exit-2 errors name the file and field."""
+    where = str(path)
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserInputError("routing file not found", file=where) from None
+    except IsADirectoryError:
+        raise UserInputError("expected a routing.json file, got a directory", file=where) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"not valid JSON: {exc}", file=where) from None
+    if not isinstance(doc, dict):
+        raise UserInputError(f"expected a JSON object (a routing file), got a JSON {type(doc).__name__}",
+                             file=where)
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserInputError("no valid schema_version: not a routing file", file=where, field="schema_version")
+    if version > ROUTING_SCHEMA_VERSION:
+        raise UserInputError(f"schema_version {version} is newer than this bench understands "
+                             f"({ROUTING_SCHEMA_VERSION})", file=where, field="schema_version", hint="upgrade bench")
+    if version < ROUTING_SCHEMA_VERSION:
+        raise UserInputError(f"schema_version {version} routing files were calibrated without the statistical "
+                             f"guarantee this bench requires (version {ROUTING_SCHEMA_VERSION})", file=where,
+                             field="schema_version", hint="regenerate it with 'bench thresholds RESULTS -o FILE'")
+    validate_routing(doc, where)
+    return doc

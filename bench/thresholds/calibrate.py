@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.stats import mean_ci, percentile
+from bench.stats import mean_ci, percentile, samples_to_decide
 from bench.thresholds.gather import TaskData, Tier
 
 ON_PREMISES = ("local", "on-prem")
@@ -48,6 +48,7 @@ class TierStats:
     latency_mean_s: float | None
     latency_p95_s: float | None
     meets_target: bool
+    samples_needed: int | None      # about how many calibration samples would decide meets_target
     confidence_available: bool
     errors: int
     excluded_because: list[str] = field(default_factory=list)
@@ -71,11 +72,14 @@ class Calibrated:
     def eligible_indices(self) -> list[int]:
         return [i for i, t in enumerate(self.tiers) if t.eligible]
 
-    def strongest(self) -> int | None:
-        """The eligible tier with the best calibration quality (the cheaper one on a tie)."""
+    def strongest(self, on_holdout: bool = False) -> int | None:
+        """The eligible tier with the best calibration quality (the cheaper one on a tie); on_holdout: the best
+        holdout quality, for a policy whose calibration figures its holdout contradicted."""
         idx = self.eligible_indices()
         if not idx:
             return None
+        if on_holdout and all(self.tiers[i].quality_holdout["mean"] is not None for i in idx):
+            return max(idx, key=lambda i: (self.tiers[i].quality_holdout["mean"], -i))
         return max(idx, key=lambda i: (self.tiers[i].quality["mean"], -i))
 
     def cheapest(self) -> int | None:
@@ -134,11 +138,16 @@ def _stats(task: TaskData, t: Tier, cal_ids: list[str], hold_ids: list[str]) -> 
     lats = [_num(r.get("latency_s")) for r in ok]
     lats = [v for v in lats if not math.isnan(v)]
     lo = quality["ci_low"]
+    enough = quality["n"] >= task.min_samples
+    decided = enough and lo is not None and lo >= task.target
+    needed = None if decided else samples_to_decide([_value(r) for r in cal_rows], task.target)
+    if needed is not None:
+        needed = max(needed, task.min_samples)
     return TierStats(
         tier=t, quality=quality, quality_holdout=mean_ci([_value(t.rows[s]) for s in hold_ids]),
         cost_per_1k_usd=sum(costs) / len(costs) * 1000 if costs else None,
         latency_mean_s=sum(lats) / len(lats) if lats else None, latency_p95_s=percentile(lats, 95),
-        meets_target=lo is not None and lo >= task.target,
+        meets_target=decided, samples_needed=needed,
         confidence_available=any(r.get("confidence") is not None for r in ok),
         errors=sum(1 for r in cal_rows if r.get("error")))
 

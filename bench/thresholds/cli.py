@@ -40,8 +40,11 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
                           + (f"accept {_accept(tier['accept_if'])}" if tier["eligible"]
                              else "excluded: " + "; ".join(tier["excluded_because"] or [])), None))
         policy = t["policy"]
-        lines.append((f"  policy: {' -> '.join(policy['chain']) or 'none'} ({policy['message']})",
-                      "red" if policy["status"] != "meets_target" else None))
+        lines.append((f"  policy [{t['status']}]: {' -> '.join(policy['chain']) or 'none'} ({policy['message']})",
+                      "red" if t["status"] != "meets_target" else None))
+        g = t["guarantee"]
+        lines.append((f"  guarantee: {'holds' if g['holds'] else 'none'} ({g['method']}, delta {g['delta']:g})",
+                      None))
         e = t["expected"]
         q = e["quality"]
         if e.get("n"):
@@ -84,4 +87,9 @@ def run(args: argparse.Namespace) -> int:
     for line, style in summary_lines(doc):
         console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
     console.print("wrote " + ", ".join(written), markup=False, highlight=False, soft_wrap=True)
+    failed = sorted(name for name, t in doc["tasks"].items() if t["status"] == "failed_holdout")
+    if failed:
+        console.print(f"failed on holdout: {', '.join(failed)} (bench.router sends these to their fallback tier)",
+                      style="red", markup=False, highlight=False, soft_wrap=True)
+        return 1
     return 0

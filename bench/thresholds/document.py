@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 from bench import __version__
+from bench.errors import UserInputError
 from bench.results.store import utcnow
 from bench.thresholds import ROUTING_SCHEMA_VERSION, validate_routing
 from bench.thresholds.calibrate import ON_PREMISES, Calibrated, calibrate
@@ -19,8 +21,12 @@ from bench.thresholds.policy import VERIFIED_ONLY, Choice, search, summarize
 RULES = {
     "tier_order": "Tiers are the cells that ran the task, cheapest first by mean cost per request on calibration "
                   "samples; where any eligible tier has no cost, by mean latency instead (cost_basis says which).",
-    "meets_target": "A tier meets the target alone when the lower bound of the 95% interval of its calibration "
-                    "quality reaches the target: Wilson for 0/1 scores, percentile bootstrap (seed 0) otherwise.",
+    "intervals": "Quality intervals are 95%: exact Clopper-Pearson for 0/1 scores; for continuous scores the wider "
+                 "of the BCa bootstrap (seed 0) and the Student-t interval on each side; where every score is the "
+                 "same, the Clopper-Pearson interval of their sum (never a zero-width interval).",
+    "meets_target": "A tier meets the target alone when it has at least min_samples scored calibration samples and "
+                    "the lower bound of its calibration interval reaches the target. samples_needed estimates how "
+                    "many samples would decide it where it does not, if the observed mean and spread held.",
     "acceptance": "accept_if.signal 'confidence': accept when the task's structural check passed (verified) and "
                   "the mean token log-probability >= threshold; 'verified': accept whenever verified; 'always': "
                   "the last tier of the chain answers everything; 'never': the tier is not in the chain.",
@@ -29,18 +35,27 @@ RULES = {
     "cascade": "Policies are replayed exactly on the calibration samples every tier ran: a sample's quality is "
                "that of the answer finally accepted, its cost the sum over every tier it passed through, its "
                "latency that sum too. A request that errored counts as wrong; a missing cost is its tier's mean.",
-    "constraint": "A policy is admissible when its calibration replay meets the same rule as a single tier "
-                  "(lower 95% bound >= target) and, under a latency budget, its p95 latency is within it.",
-    "search": "Chains are ordered subsets of eligible tiers (cheapest first, at most 4 tiers, 256 chains) ending "
-              "in the tier that always answers; thresholds are each tier's distinct calibration confidences "
-              "(at most 32, rounded down to 6 significant digits) plus 'verified'. All combinations are tried "
-              "up to 20000 per chain, coordinate descent beyond. The admissible policy with the lowest mean cost "
-              "wins; ties go to better quality, then fewer tiers, then stricter thresholds.",
-    "fallback": "When no policy is admissible, every request goes to the strongest eligible tier and the task "
-                "says the target is unreachable.",
-    "holdout": "expected replays the chosen policy on holdout samples, never used to choose it; "
-               "meets_target_on_holdout is holdout mean >= target. Searching many thresholds favours lucky "
-               "ones on calibration, so holdout is the number to trust.",
+    "search": "Learn-then-Test. Chains are ordered subsets of eligible tiers (cheapest first, at most 4 tiers) "
+              "ending in the tier that always answers. Along each chain one threshold, shared by its non-final "
+              "tiers, steps through a grid fixed in advance from strictest to loosest; at each step the null "
+              "'this policy's quality is below the target' is tested (exact binomial for 0/1 scores, one-sided "
+              "Student-t for continuous ones) at level delta / number of chains, stopping at the first step not "
+              "rejected (fixed-sequence testing). Every rejected policy within the latency budget is admissible; "
+              "the one with the lowest mean cost wins, ties to better quality, then fewer tiers, then stricter "
+              "thresholds.",
+    "guarantee": "With probability at least 1 - delta, every admissible policy, and so the chosen one, has a true "
+                 "quality at or above the target on traffic exchangeable with the calibration samples (drawn from "
+                 "the same distribution). It does not hold under drift, nor for prompts other than the suite's; for "
+                 "continuous scores it rests on the t-test's normal approximation (checked by simulation in the "
+                 "test suite, not exact).",
+    "insufficient_data": "With fewer calibration samples than min_samples (the suite's, default 30), no policy "
+                         "is admitted: status insufficient_data, and every request goes to the strongest eligible "
+                         "tier.",
+    "fallback": "When no policy is admissible, every request goes to the strongest eligible tier and the status "
+                "says unreachable.",
+    "holdout": "expected replays the chosen policy on holdout samples, never used to choose it. Where the whole "
+               "holdout interval lies below the target, the status is failed_holdout, 'bench thresholds' exits 1, "
+               "and bench.router sends the task to the strongest eligible tier unless told to trust the policy.",
     "eligibility": "A sensitive suite admits only local and on-prem tiers; a latency budget (the suite's "
                    "max_p95_latency_s, or --max-p95-latency which overrides it) admits tiers whose calibration "
                    "p95 latency is within it.",
@@ -94,6 +109,7 @@ def _tiers(cal: Calibrated, choice: Choice) -> list[dict[str, Any]]:
             "quality": _q(s.quality), "quality_holdout": _q(s.quality_holdout),
             "cost_per_1k_usd": s.cost_per_1k_usd, "latency_p95_s": s.latency_p95_s,
             "latency_mean_s": s.latency_mean_s, "meets_target": s.meets_target,
+            "samples_needed": s.samples_needed,
             "accept_if": _accept_if(cal, choice, i), "locality": t.locality, "eligible": s.eligible,
             "excluded_because": s.excluded_because or None, "confidence_available": s.confidence_available,
             "errors": s.errors,
@@ -114,13 +130,16 @@ def _expected(cal: Calibrated, choice: Choice) -> dict[str, Any]:
     e["quality"] = _q(q)
     if not e["n"] or q["mean"] is None:
         e |= {"meets_target_on_holdout": None, "message": "no scored holdout samples: the policy is unchecked"}
+    elif q["ci_high"] is not None and q["ci_high"] < target:
+        e |= {"meets_target_on_holdout": False,
+              "message": f"holdout quality {q['mean']:.3f} [{q['ci_low']:.3f}, {q['ci_high']:.3f}]: the whole "
+                         f"interval is below the target {target:g}, so the policy failed on holdout"}
     elif q["mean"] >= target:
         e |= {"meets_target_on_holdout": True,
               "message": f"holdout quality {q['mean']:.3f} [{q['ci_low']:.3f}, {q['ci_high']:.3f}] meets the "
                          f"target {target:g}"}
     else:
-        how = ("significantly: the whole interval is below it" if q["ci_high"] < target
-               else "the interval still reaches it, so more holdout samples would tell")
+        how = "the interval still reaches it, so more holdout samples would tell"
         e |= {"meets_target_on_holdout": False,
               "message": f"holdout quality {q['mean']:.3f} [{q['ci_low']:.3f}, {q['ci_high']:.3f}] falls short of "
                          f"the target {target:g} ({how})"}
@@ -143,6 +162,15 @@ def _constraints(cal: Calibrated) -> dict[str, Any]:
             "shaped_by": shaped}
 
 
+def _needed(cal: Calibrated) -> str:
+    """What more samples would do: the tier closest to deciding, or that none would at the observed means."""
+    est = [(s.samples_needed, s.tier.cell_id) for s in cal.tiers if s.eligible and s.samples_needed is not None]
+    if not est:
+        return "no tier's observed mean exceeds the target, so more samples alone would not decide it"
+    n, cell = min(est)
+    return f"about {n} calibration samples would decide {cell} alone, if its observed mean and spread held"
+
+
 def task_entry(task: TaskData) -> dict[str, Any]:
     """One task's block of routing.json."""
     cal = calibrate(task)
@@ -153,21 +181,39 @@ def task_entry(task: TaskData) -> dict[str, Any]:
         on_cal["quality"] = _q(on_cal["quality"])
     chain = [cal.tiers[i].tier.cell_id for i in p.chain] if p else []
     expected = _expected(cal, choice)
-    if choice.status == "meets_target":
-        status_msg = "the cheapest admissible policy on calibration"
-    elif choice.status == "target_unreachable":
-        status_msg = (f"no tier or cascade reaches the target {task.target:g} on calibration (lower 95% bound): "
-                      f"every request goes to the strongest eligible tier")
+    status = choice.status
+    if status == "meets_target" and expected.get("meets_target_on_holdout") is False \
+            and (expected["quality"].get("ci_high") is not None and expected["quality"]["ci_high"] < task.target):
+        status = "failed_holdout"
+    if status == "meets_target":
+        status_msg = (f"the cheapest policy admitted by Learn-then-Test at delta {task.delta:g} "
+                      f"(p = {choice.p_value:.3g} <= {choice.alpha:.3g})")
+    elif status == "failed_holdout":
+        status_msg = ("admitted on calibration, but its whole holdout interval lies below the target: "
+                      "bench.router sends this task to the strongest eligible tier instead")
+    elif status == "insufficient_data":
+        status_msg = (f"{choice.reason}: nothing is decided, and every request goes to the strongest eligible "
+                      f"tier; {_needed(cal)}")
+    elif cal.tiers and choice.policy is not None:
+        status_msg = (f"no tier or cascade passes Learn-then-Test for the target {task.target:g} at delta "
+                      f"{task.delta:g}: every request goes to the strongest eligible tier; {_needed(cal)}")
     elif not cal.tiers:
         status_msg = "no tiers: the runs hold no samples of this task"
     else:
         status_msg = "no eligible tier: " + "; ".join(f"{s.tier.cell_id}: {', '.join(s.excluded_because)}"
                                                       for s in cal.tiers)
+    strongest = cal.strongest(on_holdout=status == "failed_holdout")
     entry = {
         "kind": task.kind, "target": task.target, "target_source": task.target_source, "metric": task.metric,
         "tolerance": task.tolerance, "cost_basis": cal.basis, "n_calibration": cal.cal.n, "n_holdout": cal.hold.n,
         "tiers": _tiers(cal, choice), "default": chain[0] if chain else None,
-        "policy": {"chain": chain, "status": choice.status, "message": status_msg,
+        "status": status, "min_samples": task.min_samples,
+        "fallback": cal.tiers[strongest].tier.cell_id if strongest is not None else None,
+        "guarantee": {"method": "learn-then-test (fixed sequence per chain, Bonferroni over chains)",
+                      "delta": task.delta, "alpha_per_chain": choice.alpha, "p_value": choice.p_value,
+                      "holds": status == "meets_target",
+                      "assumption": "calibration samples exchangeable with traffic; the suite's prompt"},
+        "policy": {"chain": chain, "status": status, "message": status_msg,
                    "calibration": on_cal,
                    "search": {"chains": choice.chains_searched, "evaluations": choice.evaluations,
                               "methods": choice.methods}},
@@ -195,9 +241,15 @@ def dumps(doc: dict[str, Any]) -> str:
 def write(doc: dict[str, Any], path: str | Path) -> Path:
     """Validate against the shipped schema, then write atomically (a reader never sees half a file)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserInputError("expected a file to write routing.json to, got a directory", file=str(path),
+                             field="-o")
     validate_routing(doc, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(doc), encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(dumps(doc), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -47,6 +47,8 @@ class TaskData:
     tiers: list[Tier]
     run_ids: list[str]
     notes: list[str] = field(default_factory=list)
+    min_samples: int = 30                    # fewer calibration samples decide nothing
+    delta: float = 0.05                      # the chance the chosen policy misses its target
 
 
 def parse_targets(items: list[str] | None) -> dict[str, float]:
@@ -176,7 +178,8 @@ def _build_task(name: str, runs: list[tuple[RunDir, dict[str, Any]]], targets: d
                     target_source=target_source, tolerance=float(suite.get("tolerance") or 0.0),
                     sensitive=bool(suite.get("sensitive")), latency_budget_s=budget,
                     latency_source=budget_source if budget is not None else None, runtime=_runtime(suite),
-                    tiers=tiers, run_ids=sorted(str(m.get("run_id")) for _, m in kept), notes=notes)
+                    tiers=tiers, run_ids=sorted(str(m.get("run_id")) for _, m in kept), notes=notes,
+                    min_samples=int(suite.get("min_samples") or 30), delta=float(suite.get("delta") or 0.05))
 
 
 def gather(paths: list[str | Path], targets: dict[str, float] | None = None,

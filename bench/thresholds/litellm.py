@@ -10,16 +10,16 @@ import yaml
 
 HEADER = """\
 # LiteLLM router configuration written by `bench thresholds --format litellm` from {source}.
-# It expresses each task's cascade as far as LiteLLM can: one model group per tier in policy order,
-# the task's name as an alias of its first tier, and fallbacks in the order the policy escalates.
 #
-# What LiteLLM cannot express (use bench.router for the full policy):
-# - confidence thresholds (accept_if): LiteLLM falls back only when a call fails (error, timeout, rate
-#   limit, context window, content policy), never because an answer's confidence is low, so here the
-#   first tier's answer is always kept unless the call errors;
-# - verification: the task's structural check (a label from the set, JSON matching the schema, ...) that
-#   must pass before a cheaper tier's answer is accepted;
-# - the quality, cost and escalation rate in routing.json's `expected`, which assume both of the above.
+# FALLBACK-ONLY: this file does NOT deploy routing.json's policy, and none of routing.json's `expected`
+# quality, cost or escalation figures apply to it. LiteLLM falls back only when a call fails (error,
+# timeout, rate limit, context window, content policy), never because an answer's confidence is low or its
+# structural check (a label from the set, JSON matching the schema) failed. Keeping a cheaper tier's answer
+# without those checks would be "always the cheapest tier", which the calibration never admitted. So each
+# task's model group here is the tier its policy ends in (the one that answers whatever is escalated), and
+# the cheaper tiers of the cascade are left out. To run the real cascade behind LiteLLM, point its model
+# group at `bench serve` instead.
+#
 # Eligibility is expressed by omission: tiers left out for sensitive data or the latency budget are not
 # listed. Tiers that bench runs in-process (llama.cpp, vLLM) need an OpenAI-compatible server here: serve
 # the model (e.g. `python -m llama_cpp.server --model FILE.gguf`) and set the environment variable named
@@ -70,7 +70,8 @@ def litellm_config(doc: dict[str, Any], source: str = "routing.json") -> str:
         task = doc["tasks"][task_name]
         tiers = {t["cell"]: t for t in task["tiers"]}
         names = []
-        for cell in (task.get("policy") or {}).get("chain") or []:
+        chain = (task.get("policy") or {}).get("chain") or []
+        for cell in chain[-1:]:  # fallback-only: the tier the policy ends in, see HEADER
             rt = tiers[cell].get("runtime") or {}
             name = f"{task_name}/{rt.get('model') or cell}" + (f"@{rt['quantization']}" if rt.get("quantization")
                                                                 else "")
@@ -85,7 +86,9 @@ def litellm_config(doc: dict[str, Any], source: str = "routing.json") -> str:
         if len(names) > 1:
             fallbacks.append({names[0]: names[1:]})
     config = {"model_list": model_list,
-              "router_settings": {"model_group_alias": aliases, "fallbacks": fallbacks, "num_retries": 0}}
+              "router_settings": {"model_group_alias": aliases, "fallbacks": fallbacks, "num_retries": 0},
+              "bench": {"mode": "fallback-only", "source": source,
+                        "note": "does not apply routing.json's policy; its expected figures do not hold here"}}
     return HEADER.format(source=source) + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100)
 
 

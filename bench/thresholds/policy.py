@@ -11,11 +11,10 @@ import numpy as np
 
 from bench.stats import bootstrap_mean, mean_ci, percentile
 from bench.thresholds.calibrate import Calibrated, Split
+from bench.thresholds.guarantee import fixed_sequence, p_value_mean_below
 
 MAX_CHAIN = 4          # tiers in one chain
 MAX_CHAINS = 256       # chains searched per task
-MAX_CANDIDATES = 32    # thresholds tried per tier (evenly spaced quantiles of its confidences beyond that)
-GRID_CAP = 20_000      # threshold combinations tried exhaustively per chain; coordinate descent beyond it
 VERIFIED_ONLY = -math.inf  # the "threshold" that accepts every verified answer, with or without a confidence
 
 
@@ -43,10 +42,13 @@ class Replay:
 @dataclass
 class Choice:
     policy: Policy | None
-    status: str            # "meets_target", "target_unreachable" or "no_eligible_tier"
+    status: str            # "meets_target", "insufficient_data" or "unreachable" (failed_holdout comes later)
     chains_searched: int
     evaluations: int
     methods: list[str]
+    p_value: float | None = None   # of the chosen policy's null "quality < target"
+    alpha: float | None = None     # the level each chain was tested at (delta / chains)
+    reason: str = ""
 
 
 def floor_sig(x: float, digits: int = 6) -> float:
@@ -84,20 +86,6 @@ def replay(split: Split, policy: Policy) -> Replay:
                   latency=cum_latency[stop, cols])
 
 
-def candidates(split: Split, tier: int) -> list[float]:
-    """Thresholds worth trying at a tier: its distinct confidences on verified samples, plus verified-only."""
-    conf = split.conf[tier][split.verified[tier]]
-    vals = sorted({floor_sig(float(c)) for c in conf if math.isfinite(c)})
-    if len(vals) > MAX_CANDIDATES:
-        picks = np.unique(np.round(np.linspace(0, len(vals) - 1, MAX_CANDIDATES)).astype(int))
-        vals = [vals[i] for i in picks]
-    if not split.verified[tier].any():
-        return []
-    if not vals or not np.array_equal(accept_mask(split, tier, VERIFIED_ONLY), accept_mask(split, tier, vals[0])):
-        vals = [VERIFIED_ONLY] + vals
-    return vals
-
-
 def chains(cal: Calibrated) -> list[tuple[int, ...]]:
     """Ordered subsets of eligible tiers, cheapest first, each ending in the tier that always answers."""
     elig = cal.eligible_indices()
@@ -110,8 +98,22 @@ def chains(cal: Calibrated) -> list[tuple[int, ...]]:
     return out[:MAX_CHAINS]
 
 
+# Thresholds tried at every non-final tier of a chain, strictest first: fixed in advance (they never look at the
+# calibration data), so testing them in this order keeps fixed-sequence testing valid. Mean token log-probability
+# is <= 0; 0 accepts only answers the model was certain of, VERIFIED_ONLY accepts every verified answer.
+GRID = (0.0, -0.001, -0.0025, -0.005, -0.01, -0.02, -0.035, -0.05, -0.075, -0.1, -0.15, -0.2, -0.3, -0.4, -0.5,
+        -0.75, -1.0, -1.5, -2.0, -3.0, -5.0, VERIFIED_ONLY)
+
+
+def chain_steps(chain: tuple[int, ...]) -> list[Policy]:
+    """The policies of one chain, strictest first: one shared threshold per grid step at every non-final tier."""
+    if len(chain) == 1:
+        return [Policy(chain, ())]
+    return [Policy(chain, (t,) * (len(chain) - 1)) for t in GRID]
+
+
 class Search:
-    """The constraint (lower 95% bound >= target, cascade p95 latency within budget) and the objective."""
+    """Learn-then-Test: per chain, test "quality < target" along its steps (fixed sequence) at delta / chains."""
 
     def __init__(self, cal: Calibrated):
         self.cal = cal
@@ -119,78 +121,61 @@ class Search:
         self.target = cal.task.target
         self.budget = cal.task.latency_budget_s
         self.evaluations = 0
-        self._feasible: dict[Policy, bool] = {}
-
-    def feasible(self, p: Policy, r: Replay | None = None) -> bool:
-        if p not in self._feasible:
-            r = r or replay(self.split, p)
-            lo = mean_ci(list(r.value))["ci_low"]
-            ok = lo is not None and lo >= self.target
-            if ok and self.budget is not None and r.latency.size:
-                ok = float(np.percentile(r.latency, 95)) <= self.budget
-            self._feasible[p] = ok
-        return self._feasible[p]
+        finite = self.split.value[~np.isnan(self.split.value)]
+        self.binary = bool(finite.size) and bool(np.all((finite == 0) | (finite == 1)))
 
     def key(self, p: Policy, r: Replay) -> tuple:
         """Cheapest, then best quality, then fewer tiers, then stricter thresholds: a total, stable order."""
         return (float(f"{float(r.cost.mean()):.9g}"), -round(r.mean, 9), len(p.chain), p.chain,
                 tuple(-t for t in p.thresholds))
 
-    def best(self, policies: list[Policy]) -> tuple[tuple, Policy] | None:
-        """The first feasible policy in objective order; the interval is only computed for those that could pass."""
-        scored = []
-        for p in policies:
+    def p_value(self, r: Replay) -> float:
+        return p_value_mean_below(r.value, self.target, binary=self.binary)
+
+    def chain(self, chain: tuple[int, ...], alpha: float) -> list[tuple[tuple, Policy, float]]:
+        """The admissible policies of one chain: the leading steps whose null is rejected, within the budget."""
+        steps = chain_steps(chain)
+        replays = []
+        pvals = []
+        for p in steps:
             r = replay(self.split, p)
             self.evaluations += 1
-            if r.mean >= self.target:  # the lower bound never exceeds the mean
-                scored.append((self.key(p, r), p, r))
-        scored.sort(key=lambda x: x[0])
-        for key, p, r in scored:
-            if self.feasible(p, r):
-                return key, p
-        return None
-
-    def chain(self, chain: tuple[int, ...]) -> tuple[tuple, Policy, str] | None:
-        options = [candidates(self.split, t) for t in chain[:-1]]
-        if any(not o for o in options):
-            return None
-        size = math.prod(len(o) for o in options)
-        if size <= GRID_CAP:
-            found = self.best([Policy(chain, th) for th in itertools.product(*options)])
-            return (found[0], found[1], "grid") if found else None
-        current = Policy(chain, tuple(o[-1] for o in options))  # strictest: escalate almost everything
-        if not self.feasible(current):
-            return None
-        for _ in range(10):
-            before = current
-            for pos, opts in enumerate(options):
-                trial = [Policy(chain, current.thresholds[:pos] + (t,) + current.thresholds[pos + 1:]) for t in opts]
-                found = self.best(trial)
-                if found:
-                    current = found[1]
-            if current == before:
+            replays.append(r)
+            pvals.append(self.p_value(r))
+            if pvals[-1] > alpha:
                 break
-        r = replay(self.split, current)
-        return self.key(current, r), current, "coordinate-descent"
+        k = fixed_sequence(pvals, alpha)
+        out = []
+        for p, r, pv in zip(steps[:k], replays[:k], pvals[:k]):
+            if self.budget is not None and r.latency.size and float(np.percentile(r.latency, 95)) > self.budget:
+                continue
+            out.append((self.key(p, r), p, pv))
+        return out
 
 
 def search(cal: Calibrated) -> Choice:
-    """The cheapest policy whose calibration replay meets the target; else the strongest tier alone."""
-    s = Search(cal)
-    found: list[tuple[tuple, Policy, str]] = []
+    """The cheapest policy admitted by Learn-then-Test at the task's delta; else the strongest tier alone.
+
+    With fewer calibration samples than the task's min_samples nothing is admitted: insufficient_data."""
+    task = cal.task
     all_chains = chains(cal)
-    for c in all_chains:
-        got = s.chain(c)
-        if got:
-            found.append(got)
-    methods = sorted({m for _, _, m in found})
-    if found:
-        _, policy, _ = min(found, key=lambda x: x[0])
-        return Choice(policy, "meets_target", len(all_chains), s.evaluations, methods)
     strongest = cal.strongest()
     if strongest is None:
-        return Choice(None, "no_eligible_tier", 0, 0, [])
-    return Choice(Policy((strongest,), ()), "target_unreachable", len(all_chains), s.evaluations, methods)
+        return Choice(None, "unreachable", 0, 0, [], reason="no eligible tier")
+    if cal.cal.n < task.min_samples:
+        return Choice(Policy((strongest,), ()), "insufficient_data", len(all_chains), 0, ["learn-then-test"],
+                      reason=f"{cal.cal.n} calibration samples, fewer than min_samples {task.min_samples}")
+    s = Search(cal)
+    alpha = task.delta / max(len(all_chains), 1)
+    found: list[tuple[tuple, Policy, float]] = []
+    for c in all_chains:
+        found.extend(s.chain(c, alpha))
+    if found:
+        _, policy, pv = min(found, key=lambda x: x[0])
+        return Choice(policy, "meets_target", len(all_chains), s.evaluations, ["learn-then-test"], p_value=pv,
+                      alpha=alpha)
+    return Choice(Policy((strongest,), ()), "unreachable", len(all_chains), s.evaluations, ["learn-then-test"],
+                  alpha=alpha, reason="no tier or cascade passed the test at this delta")
 
 
 def summarize(cal: Calibrated, split: Split, policy: Policy) -> dict[str, Any]:
