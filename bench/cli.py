@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.add_argument("--routing", help="a routing.json whose targets must still be met")
     c.add_argument("--gate-speed", action="store_true", help="also fail on a significant speed or memory regression")
+    c.add_argument("--strict", action="store_true", help="also fail (exit 1) when a quality verdict is inconclusive")
+    c.add_argument("--max-error-rate", type=float, default=None, metavar="SHARE",
+                   help="fail when the candidate errors on more than this share of samples (0..1)")
     c.set_defaults(func=_delegate("bench.compare.cli"))
     return p
 

@@ -161,8 +161,10 @@ class BenchSuites:
         if not rows:
             pytest.fail(f"{cell_name(cell)}: no samples were stored for this cell in {outcome.run.path}",
                         pytrace=False)
+        from bench.results.summary import quality_value
+
         ok = [r for r in rows if not r.get("error")]
-        quality = mean_ci([r.get("score") for r in ok])
+        quality = mean_ci([quality_value(r) for r in rows])  # an errored request counts as a failed one
         latencies = [r["latency_s"] for r in ok if isinstance(r.get("latency_s"), (int, float))
                      and math.isfinite(r["latency_s"])]
         metric = next((r.get("metric") for r in rows if r.get("metric")), "quality")
@@ -171,7 +173,7 @@ class BenchSuites:
                 "suite": suite_name, "cell_id": rows[0]["cell_id"], "run_dir": str(outcome.run.path),
                 "metric": metric, "quality_mean": quality["mean"], "quality_ci_low": quality["ci_low"],
                 "quality_ci_high": quality["ci_high"], "target": suite.target, "n": len(rows),
-                "errors": len(rows) - len(ok), "unit": "seconds per request (measured latency_s)"})
+                "errors": len(rows) - len(ok), "error_rate": (len(rows) - len(ok)) / len(rows), "unit": "seconds per request (measured latency_s)"})
             record_latencies(benchmark, latencies)
         errored = [r for r in rows if r.get("error")]
         if errored:
@@ -179,7 +181,7 @@ class BenchSuites:
             pytest.fail(f"{len(errored)} of {len(rows)} samples errored: {examples}", pytrace=False)
         value = quality["mean"] if self.criterion == "mean" else quality["ci_low"]
         text = (f"{metric} {_f(quality['mean'])} [95% CI {_f(quality['ci_low'])}, {_f(quality['ci_high'])}] "
-                f"on {quality['n']} samples")
+                f"on {quality['n']} samples, error rate {(len(rows) - len(ok)) / len(rows):.1%}")
         if get_task(suite.kind).higher_is_better is False:
             value = quality["mean"] if self.criterion == "mean" else quality["ci_high"]
             missed = value is None or value > suite.target

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import SCHEMA_VERSION
+from bench.thresholds import ROUTING_SCHEMA_VERSION
 from bench.results.schema import cell_id
 from bench.results.store import RunDir, write_json_atomic
 from bench.results.summary import build_summary
@@ -128,7 +129,7 @@ def routing_doc(results: Path) -> dict[str, Any]:
     cells = json.loads(next(results.rglob("summary.json")).read_text())["cells"]
     by_model = {c["cell"]["model"]: c["cell"] for c in cells}
     return {
-        "schema_version": SCHEMA_VERSION, "created_at": "2026-01-01T00:00:00Z", "sources": ["run-a", "run-b"],
+        "schema_version": ROUTING_SCHEMA_VERSION, "created_at": "2026-01-01T00:00:00Z", "sources": ["run-a", "run-b"],
         "tasks": {"tickets": {
             "target": 0.8, "metric": "accuracy",
             "tiers": [

@@ -38,7 +38,7 @@ def test_each_cell_is_a_test_that_fails_below_the_target(pytester: pytest.Pytest
               "--benchmark-disable")  # default isolation: each cell in its own process
     res.assert_outcomes(passed=1, failed=1)
     res.stdout.fnmatch_lines([f"{SMOL} FAILED*", f"{QWEN} PASSED*"])
-    assert "accuracy 0.500 [95% CI 0.215, 0.785] on 8 samples: the mean misses the target 0.6" in res.stdout.str()
+    assert "accuracy 0.500 [95% CI 0.157, 0.843] on 8 samples, error rate 0.0%: the mean misses the target 0.6" in res.stdout.str()
     rows = _samples(pytester.path / "res")
     assert len(rows) == 16  # the suite ran once for both cells
     again = run(pytester, "--bench-suite", "suite/suite.yaml", "--bench-results", "res",
@@ -75,8 +75,9 @@ def test_lower_bound_criterion_is_stricter(pytester: pytest.Pytester) -> None:
             "-k", "qwen", "--benchmark-disable"]
     run(pytester, *args).assert_outcomes(passed=1, deselected=1)  # mean 1.0
     res = run(pytester, *args, "--bench-criterion", "ci_low")
-    res.assert_outcomes(failed=1, deselected=1)  # Wilson lower bound of 8/8 is 0.676
-    assert "accuracy 1.000 [95% CI 0.676, 1.000] on 8 samples: the interval bound misses the target 0.7" \
+    res.assert_outcomes(failed=1, deselected=1)  # Clopper-Pearson lower bound of 8/8 is 0.631
+    assert "accuracy 1.000 [95% CI 0.631, 1.000] on 8 samples, error rate 0.0%: the interval bound misses the " \
+        "target 0.7" \
         in res.stdout.str()
 
 

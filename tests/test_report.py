@@ -201,7 +201,7 @@ def test_routing_section(results: Path, tmp_path: Path) -> None:
 def test_routing_with_odd_shapes_still_renders(results: Path, tmp_path: Path) -> None:
     never = {"cell": "x", "accept_if": {"signal": "never", "threshold": None}}
     excluded = {"cell": "y", "eligible": False, "excluded_because": "cloud tier on sensitive data"}
-    doc = {"schema_version": 1, "tasks": {"tickets": {"tiers": [{"cell": None}, "weird", never, excluded,
+    doc = {"schema_version": 2, "tasks": {"tickets": {"tiers": [{"cell": None}, "weird", never, excluded,
                                                                 {"quality": 0.9}],
                                                       "expected": 0.5, "default": {"x": 1}},
                                           "other": ["not", "a", "dict"]}, "extra": {"k": [1, 2]}}

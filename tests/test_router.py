@@ -88,8 +88,9 @@ def test_importing_the_router_stays_light() -> None:
 TWO_FAKE_TIERS = (FAKE_SUITE.replace("name: tickets", "name: route-fake")
                   .replace("target: 0.6", "split: {seed: 3, holdout_fraction: 0.5}\ntarget: 0.8")
                   .replace("smollm2-135m-instruct: 0.5, qwen2.5-coder-0.5b-instruct: 1.0",
-                           "smollm2-135m-instruct: 0.6, qwen2.5-coder-0.5b-instruct: 0.9"))
-assert TWO_FAKE_TIERS.count("route-fake") == 1 and "0.9}" in TWO_FAKE_TIERS and "seed: 3" in TWO_FAKE_TIERS
+                           "smollm2-135m-instruct: 0.6, qwen2.5-coder-0.5b-instruct: 0.97}\n"
+                           "      tokens_per_s_by_model: {qwen2.5-coder-0.5b-instruct: 100"))
+assert TWO_FAKE_TIERS.count("route-fake") == 1 and "0.97}" in TWO_FAKE_TIERS and "seed: 3" in TWO_FAKE_TIERS
 
 
 def _route_holdout(routing: Path, task: str, samples: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -117,7 +118,7 @@ def test_run_on_the_fake_backend_delivers_exactly_the_expected_numbers(tmp_path)
     from bench.runner import run_suite
 
     rows = [{"id": f"t{i:02d}", "text": f"ticket number {i}", "label": "billing" if i % 3 else "technical"}
-            for i in range(60)]
+            for i in range(160)]
     suite = load_suite(write_suite(tmp_path / "suite", TWO_FAKE_TIERS, rows))
     run_suite(suite, results_dir=tmp_path / "results", isolation="inline", quiet=True, hardware=_profile())
     routing = write(build(gather([tmp_path / "results"])), tmp_path / "routing.json")

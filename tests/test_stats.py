@@ -1,4 +1,6 @@
-"""Intervals: Wilson for proportions, bootstrap for continuous scores, paired differences; NaN is skipped."""
+"""Intervals: Clopper-Pearson for proportions, BCa-or-t for continuous scores, paired differences; NaN skipped.
+
+How often they are wrong is measured in tests/test_statistical_guarantees.py."""
 
 from __future__ import annotations
 
@@ -23,10 +25,36 @@ def test_wilson_known_values() -> None:
 
 def test_mean_ci_picks_the_method_and_skips_unscorable() -> None:
     binary = mean_ci([1, 0, 1, None, float("nan"), 1])
-    assert binary["method"] == "wilson" and binary["n"] == 4 and binary["mean"] == 0.75
+    assert binary["method"] == "clopper-pearson" and binary["n"] == 4 and binary["mean"] == 0.75
     cont = mean_ci([0.2, 0.4, 0.6, 0.8])
-    assert cont["method"] == "bootstrap" and cont["ci_low"] < 0.5 < cont["ci_high"]
+    assert cont["method"] == "bca+t" and cont["ci_low"] < 0.5 < cont["ci_high"]
+    assert 0 <= cont["ci_low"] and cont["ci_high"] <= 1
     assert mean_ci([])["mean"] is None
+
+
+def test_known_exact_values() -> None:
+    # Clopper-Pearson 8/10: [0.4439, 0.9748]
+    q = mean_ci([1] * 8 + [0] * 2)
+    assert q["ci_low"] == pytest.approx(0.4439, abs=1e-3) and q["ci_high"] == pytest.approx(0.9748, abs=1e-3)
+
+
+def test_no_zero_width_interval_and_no_float_noise_pass() -> None:
+    # the issue's cases: one sample of 0.9, and [1, 1, 0.8] whose naive bound was 0.8000000000000002
+    one = mean_ci([0.9])
+    assert one["ci_low"] < 0.5 and one["ci_high"] == 1.0
+    three = mean_ci([1, 1, 0.8])
+    assert three["ci_low"] < 0.8
+    flat = mean_ci([0.8] * 5)
+    assert flat["ci_low"] < 0.8 < flat["ci_high"]
+
+
+def test_samples_to_decide() -> None:
+    from bench.stats import samples_to_decide
+
+    assert samples_to_decide([0.5] * 10, 0.8) is None  # the mean is below: more of the same would not help
+    n = samples_to_decide([1] * 9 + [0], 0.8)
+    assert n is not None and n > 10
+    assert samples_to_decide([1] * 95 + [0] * 5, 0.5) < samples_to_decide([1] * 95 + [0] * 5, 0.9)
 
 
 def test_bootstrap_is_seeded() -> None:
@@ -41,6 +69,14 @@ def test_paired_difference_detects_a_drop() -> None:
     assert d["delta"] == -0.5 and d["ci_high"] < 0
     same = paired_bootstrap_diff(base, base)
     assert same["delta"] == 0 and same["ci_low"] == same["ci_high"] == 0
+    shifted = paired_bootstrap_diff([0.5] * 10, [0.6] * 10)  # every pair moved the same: not a zero-width interval
+    assert shifted["ci_low"] < 0.1 < shifted["ci_high"]
+
+
+def test_mcnemar_exact_matches_the_issue_example() -> None:
+    from bench.stats import mcnemar_exact
+
+    assert mcnemar_exact(4, 0) == pytest.approx(0.125)
 
 
 def test_percentile_ignores_none() -> None:

@@ -50,7 +50,7 @@ class FakeBackend:
         ref = req.reference
         text = (json.dumps(ref) if isinstance(ref, dict) else str(ref)) if right else _wrong(ref)
         n = max(1, len(text) // 4)
-        tps = self.config.tokens_per_s
+        tps = self.config.tokens_per_s_by_model.get(model_id, self.config.tokens_per_s)
         prompt_tokens = sum(len(m["content"]) for m in req.messages) // 4
         t_pre = prompt_tokens / (tps * 10)
         times = [t_pre + i / tps for i in range(n)]

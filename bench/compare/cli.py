@@ -82,8 +82,12 @@ def run(args: argparse.Namespace) -> int:
     from bench.compare.markdown import render
 
     routing = load_routing(args.routing) if args.routing else None
+    max_err = getattr(args, "max_error_rate", None)
+    if max_err is not None and not (0 <= max_err <= 1):
+        raise UserInputError(f"expected a share between 0 and 1, got {max_err}", field="--max-error-rate")
     result = compare(args.baseline, args.candidate, routing=routing, routing_path=args.routing,
-                     gate_speed=bool(args.gate_speed))
+                     gate_speed=bool(args.gate_speed), strict=bool(getattr(args, "strict", False)),
+                     max_error_rate=max_err)
     if args.markdown:
         write_markdown(args.markdown, render(result))
     if args.json:
@@ -93,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     lines = result["regressions"] + (result["speed_worse"] if result["settings"]["gate_speed"] else [])
     for line in lines:
         print(f"regression: {line}", file=sys.stderr)
+    for line in result["inconclusive"]:
+        print(f"{'failed (--strict)' if result['settings']['strict'] else 'warning'}: {line}", file=sys.stderr)
     if not result["settings"]["gate_speed"]:
         for line in result["speed_worse"]:
             print(f"warning (not gated): {line}", file=sys.stderr)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench import SCHEMA_VERSION
 from bench.compare.speed import DEFAULT_FACTOR, _num, compare_speed
@@ -13,11 +16,12 @@ from bench.errors import UserInputError
 from bench.results.schema import cell_id as make_cell_id
 from bench.results.schema import cell_label
 from bench.results.store import find_runs, read_json
-from bench.stats import mean_ci, paired_bootstrap_diff
+from bench.stats import Z95, diff_interval, is_binary, mcnemar_exact, mean_ci
 
 DEFAULT_TOLERANCE = 0.02  # the suite's own default, for manifests that carry none
 SAME_CELL = "same cell"
-OK, REGRESSION, WORSE_SPEED = "ok", "regression", "worse speed"
+OK, REGRESSION, WORSE_SPEED, INCONCLUSIVE = "ok", "regression", "worse speed", "inconclusive"
+ALPHA = 0.05  # two-sided: each bound of the paired interval is wrong at most 2.5% of the time
 
 
 @dataclass
@@ -86,7 +90,7 @@ def load_routing(path: str | Path) -> dict[str, Any]:
     """A routing.json, validated by the one routing loader."""
     from bench.thresholds import read_routing
 
-    return read_routing(path)
+    return read_routing(path, flag="--routing")
 
 
 # ---------------------------------------------------------------- pairing
@@ -129,8 +133,11 @@ def pair_cells(base: list[CellData], cand: list[CellData]) -> tuple[list[tuple[C
 # ---------------------------------------------------------------- quality
 
 def _score(row: dict[str, Any]) -> float | None:
+    """The sample's quality; an errored request is a failed one (0), as everywhere in bench."""
+    if row.get("error"):
+        return 0.0
     s = row.get("score")
-    if row.get("error") or s is None or isinstance(s, bool):
+    if s is None or isinstance(s, bool):
         return None
     try:
         return _num(s)
@@ -147,8 +154,53 @@ def _higher_is_better(kind: str | None) -> bool:
         return True
 
 
+def quality_gate(xs: list[float], ys: list[float], tolerance: float, hib: bool = True) -> dict[str, Any]:
+    """The paired quality verdict of candidate (ys) against baseline (xs) on the same samples.
+
+    regression: the whole 95% interval of the change lies beyond -tolerance (worse by more than the tolerance);
+    ok (non-inferior): the whole interval lies above -tolerance; inconclusive: in between, with about how many
+    shared samples would decide it. For 0/1 scores a regression also needs the exact McNemar test on the
+    discordant pairs (p < 0.05, more pairs worse than better), which decides at small n."""
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    n = int(x.size)
+    if n == 0:
+        return {"verdict": INCONCLUSIVE, "delta": None, "ci_low": None, "ci_high": None, "n": 0,
+                "exact_p": None, "exact_note": "", "samples_to_decide": None,
+                "message": "no sample answered by both: nothing to compare"}
+    d = y - x
+    lo_a, hi_a, _ = diff_interval(d[None, :], alpha=ALPHA)
+    lo, hi, m = float(lo_a[0]), float(hi_a[0]), float(d.mean())
+    worst, best = (hi, lo) if hib else (-lo, -hi)   # the change's bounds, oriented so that negative is worse
+    exact_p, exact_ok, note = None, True, ""
+    if is_binary(x) and is_binary(y):
+        worse, better = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+        if not hib:
+            worse, better = better, worse
+        exact_p = mcnemar_exact(worse, better)
+        exact_ok = exact_p < ALPHA and worse > better
+        note = f", exact McNemar p={exact_p:.3g} on {worse} worse / {better} better"
+    if worst < -tolerance and exact_ok:
+        verdict = REGRESSION
+    elif best > -tolerance:
+        verdict = OK
+    else:
+        verdict = INCONCLUSIVE
+    needed = None
+    if verdict == INCONCLUSIVE:
+        sd = max(float(d.std(ddof=1)) if n > 1 else 0.0, 1.0 / max(n, 1))
+        gap = abs((m if hib else -m) + tolerance)
+        needed = int(math.ceil((Z95 * sd / gap) ** 2)) if gap > 1e-9 else None
+    return {"verdict": verdict, "delta": m, "ci_low": lo, "ci_high": hi, "n": n, "exact_p": exact_p,
+            "exact_note": note, "samples_to_decide": needed,
+            "message": {REGRESSION: "worse by more than the tolerance",
+                        OK: "non-inferior: not worse by more than the tolerance",
+                        INCONCLUSIVE: "inconclusive: the interval straddles the tolerance"
+                        + (f"; about {needed} shared samples would decide it" if needed else "")}[verdict]}
+
+
 def compare_pair(task: TaskData, b: CellData, c: CellData, how: str, tolerance: float, hib: bool,
-                 routing_target: float | None, gate_speed: bool, factor: float) -> dict[str, Any]:
+                 routing_target: float | None, gate_speed: bool, factor: float,
+                 max_error_rate: float | None = None, strict: bool = False) -> dict[str, Any]:
     """Everything about one baseline cell against one candidate cell, with its verdict and reasons."""
     shared = sorted(set(b.rows) & set(c.rows))
     if not shared:
@@ -158,22 +210,24 @@ def compare_pair(task: TaskData, b: CellData, c: CellData, how: str, tolerance: 
     c_err = {s for s in shared if c.rows[s].get("error")}
     new_err = sorted(c_err - b_err)
     compared = [s for s in shared if _score(b.rows[s]) is not None and _score(c.rows[s]) is not None]
-    xs = [_score(b.rows[s]) for s in compared]
-    ys = [_score(c.rows[s]) for s in compared]
-    diff = paired_bootstrap_diff(xs, ys) if compared else {"delta": None, "ci_low": None, "ci_high": None, "n": 0}
-    delta, lo, hi = _num(diff["delta"]), _num(diff["ci_low"]), _num(diff["ci_high"])
-    drop = None if delta is None else (-delta if hib else delta)
-    excludes_zero = lo is not None and hi is not None and (hi < 0 if hib else lo > 0)
+    xs = [float(_score(b.rows[s])) for s in compared]  # type: ignore[arg-type]
+    ys = [float(_score(c.rows[s])) for s in compared]  # type: ignore[arg-type]
+    gate = quality_gate(xs, ys, tolerance, hib)
+    delta, lo, hi = gate["delta"], gate["ci_low"], gate["ci_high"]
     q_b, q_c = mean_ci(xs), mean_ci(ys)
     metric = task.suite.get("metric")
     reasons: list[str] = []
-    if drop is not None and drop > tolerance and excludes_zero:
-        reasons.append(f"{metric} dropped by {drop:.3f} (delta {delta:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], "
-                       f"n={diff['n']}), beyond the tolerance {tolerance:g}")
+    if gate["verdict"] == REGRESSION:
+        reasons.append(f"{metric} dropped by {-delta if hib else delta:.3f} (delta {delta:+.3f}, 95% CI "
+                       f"[{lo:+.3f}, {hi:+.3f}], n={gate['n']}{gate['exact_note']}): the whole interval is beyond "
+                       f"the tolerance {tolerance:g}")
     if new_err:
         example = c.rows[new_err[0]].get("error")
-        reasons.append(f"{len(new_err)} sample(s) errored in the candidate that the baseline answered "
-                       f"(e.g. {new_err[0]}: {str(example)[:120]})")
+        gate["new_errors_note"] = (f"{len(new_err)} sample(s) errored in the candidate that the baseline answered "
+                                   f"(e.g. {new_err[0]}: {str(example)[:120]}); counted as failures above")
+    err_rate = len(c_err) / len(shared)
+    if max_error_rate is not None and err_rate > max_error_rate:
+        reasons.append(f"candidate error rate {err_rate:.1%} exceeds --max-error-rate {max_error_rate:.1%}")
     routing = None
     if routing_target is not None:
         meets = (lambda q: q["ci_low"] is not None and q["ci_low"] >= routing_target) if hib else \
@@ -188,19 +242,23 @@ def compare_pair(task: TaskData, b: CellData, c: CellData, how: str, tolerance: 
     speed = compare_speed(b.cell, c.cell, [b.rows[s] for s in answered], [c.rows[s] for s in answered],
                           list(b.rows.values()), list(c.rows.values()), factor=factor)
     regression = bool(reasons)
-    verdict = REGRESSION if regression else (WORSE_SPEED if speed["worse"] else OK)
+    inconclusive = not regression and gate["verdict"] == INCONCLUSIVE
+    verdict = REGRESSION if regression else INCONCLUSIVE if inconclusive else (WORSE_SPEED if speed["worse"] else OK)
     return {
         "baseline": _side(b), "candidate": _side(c), "paired_by": how,
         "samples": {"baseline": len(b.rows), "candidate": len(c.rows), "shared": len(shared),
                     "compared": len(compared)},
         "errors": {"baseline": len(b_err), "candidate": len(c_err), "new": len(new_err),
                    "new_sample_ids": new_err[:20]},
+        "error_rate": {"baseline": len(b_err) / len(shared), "candidate": err_rate},
         "quality": {"metric": metric, "higher_is_better": hib, "tolerance": tolerance,
                     "baseline": _q(q_b), "candidate": _q(q_c),
-                    "delta": delta, "ci_low": lo, "ci_high": hi, "n": diff["n"]},
+                    "delta": delta, "ci_low": lo, "ci_high": hi, "n": gate["n"], "gate": gate["verdict"],
+                    "exact_p": gate["exact_p"], "samples_to_decide": gate["samples_to_decide"],
+                    "message": gate["message"], "new_errors": gate.get("new_errors_note")},
         "routing": routing, "speed": speed,
         "regression": regression, "speed_worse": bool(speed["worse"]), "verdict": verdict, "reasons": reasons,
-        "failed": regression or (gate_speed and bool(speed["worse"])),
+        "failed": regression or (strict and inconclusive) or (gate_speed and bool(speed["worse"])),
     }
 
 
@@ -220,7 +278,8 @@ def _side(c: CellData) -> dict[str, Any]:
 
 def compare(baseline: str | Path, candidate: str | Path, *, routing: dict[str, Any] | None = None,
             routing_path: str | None = None, gate_speed: bool = False,
-            factor: float = DEFAULT_FACTOR) -> dict[str, Any]:
+            factor: float = DEFAULT_FACTOR, strict: bool = False,
+            max_error_rate: float | None = None) -> dict[str, Any]:
     """Compare every task both sides ran. Raises UserInputError on bad input; the result's `exit_code` is 0 or 1."""
     base = load_side(baseline)
     cand = base if Path(baseline).resolve() == Path(candidate).resolve() else load_side(candidate)
@@ -230,7 +289,8 @@ def compare(baseline: str | Path, candidate: str | Path, *, routing: dict[str, A
                              f"the candidate has {', '.join(sorted(cand))}", file=str(candidate))
     routing_tasks = (routing or {}).get("tasks", {})
     notes: list[str] = []
-    tasks = [_compare_task(base[n], cand[n], routing_tasks, gate_speed, factor, notes) for n in names]
+    opts = {"strict": strict, "max_error_rate": max_error_rate}
+    tasks = [_compare_task(base[n], cand[n], routing_tasks, gate_speed, factor, notes, opts) for n in names]
     for n in sorted(set(base) - set(cand)):
         notes.append(f"{n}: only in the baseline; not compared")
     for n in sorted(set(cand) - set(base)):
@@ -247,9 +307,13 @@ def compare(baseline: str | Path, candidate: str | Path, *, routing: dict[str, A
         "baseline": {"path": str(baseline), "runs": {n: base[n].runs for n in sorted(base)}},
         "candidate": {"path": str(candidate), "runs": {n: cand[n].runs for n in sorted(cand)}},
         "settings": {"gate_speed": gate_speed, "speed_factor": factor, "memory_factor": factor,
-                     "routing": routing_path, "confidence": 0.95},
+                     "routing": routing_path, "confidence": 0.95, "strict": strict,
+                     "max_error_rate": max_error_rate},
         "tasks": tasks,
         "regression": any(t["verdict"] == REGRESSION for t in tasks),
+        "inconclusive": [f"{t['task']}: {p['baseline']['short']} -> {p['candidate']['short']}: "
+                         f"{p['quality']['message']}" for t in tasks for p in t["pairs"]
+                         if p["verdict"] == INCONCLUSIVE],
         "failed": failed,
         "regressions": regressions,
         "speed_worse": slower,
@@ -259,7 +323,7 @@ def compare(baseline: str | Path, candidate: str | Path, *, routing: dict[str, A
 
 
 def _compare_task(b: TaskData, c: TaskData, routing_tasks: dict[str, Any], gate_speed: bool, factor: float,
-                  notes: list[str]) -> dict[str, Any]:
+                  notes: list[str], opts: dict[str, Any]) -> dict[str, Any]:
     name = b.name
     m_b, m_c = b.suite.get("metric"), c.suite.get("metric")
     if m_b != m_c:
@@ -281,7 +345,10 @@ def _compare_task(b: TaskData, c: TaskData, routing_tasks: dict[str, Any], gate_
     policy = routing_tasks.get(name)
     target = float(policy["target"]) if policy else None
     pairs_, left_b, left_c = pair_cells(b.cells, c.cells)
-    pairs = [compare_pair(b, pb, pc, how, tol, hib, target, gate_speed, factor) for pb, pc, how in pairs_]
+    pairs = [compare_pair(b, pb, pc, how, tol, hib, target, gate_speed, factor, **opts) for pb, pc, how in pairs_]
+    for p in pairs:
+        if p["quality"].get("new_errors"):
+            notes.append(f"{name}: {p['candidate']['short']}: {p['quality']['new_errors']}")
     for p in pairs:
         n = p["samples"]
         if n["shared"] < n["baseline"]:
@@ -292,7 +359,8 @@ def _compare_task(b: TaskData, c: TaskData, routing_tasks: dict[str, Any], gate_
     for cell in left_c:
         notes.append(f"{name}: {cell_label(cell.cell)} is only in the candidate; not compared")
     verdicts = {p["verdict"] for p in pairs}
-    verdict = REGRESSION if REGRESSION in verdicts else WORSE_SPEED if WORSE_SPEED in verdicts else OK
+    verdict = (REGRESSION if REGRESSION in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts
+               else WORSE_SPEED if WORSE_SPEED in verdicts else OK)
     return {"task": name, "kind": b.suite.get("task"), "metric": m_b, "tolerance": tol,
             "target": b.suite.get("target"), "routing_target": target, "failed": any(p["failed"] for p in pairs),
             "identity": sorted(b.identities | c.identities), "pairs": pairs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.compare.core import REGRESSION, WORSE_SPEED
+from bench.compare.core import INCONCLUSIVE, REGRESSION, WORSE_SPEED
 
 QUALITY_HEADER = ("task", "baseline", "candidate", "delta [95% CI]", "verdict")
 SPEED_HEADER = ("task", "baseline -> candidate", "p95 latency s", "decode tok/s", "peak RSS MB", "peak GPU MB",
@@ -19,6 +19,8 @@ def verdict_text(pair: dict[str, Any]) -> str:
     v = pair["verdict"]
     if v == REGRESSION:
         return "❌ regression"
+    if v == INCONCLUSIVE:
+        return "❌ inconclusive" if pair["failed"] else "⚠ inconclusive"
     if v == WORSE_SPEED:
         return "❌ worse speed" if pair["failed"] else "⚠ worse speed"
     return "✅ ok"
@@ -28,8 +30,12 @@ def headline(result: dict[str, Any]) -> str:
     tasks = result["tasks"]
     bad = [t["task"] for t in tasks if t["verdict"] == REGRESSION]
     slow = [t["task"] for t in tasks if t["verdict"] == WORSE_SPEED]
+    unsure = [t["task"] for t in tasks if t["verdict"] == INCONCLUSIVE]
     if bad:
         return f"❌ regression in {', '.join(bad)}"
+    if unsure:
+        mark = "❌" if result["failed"] else "⚠"
+        return f"{mark} inconclusive in {', '.join(unsure)}" + ("" if result["failed"] else " (not gated: --strict)")
     if slow and result["failed"]:
         return f"❌ worse speed in {', '.join(slow)}"
     if slow:
@@ -53,6 +59,8 @@ def quality_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
             else:
                 delta = (f"{q['delta']:+.3f} [{q['ci_low']:+.3f}, {q['ci_high']:+.3f}] "
                          f"(n={q['n']}, tolerance {q['tolerance']:g})")
+                if q.get("samples_to_decide"):
+                    delta += f"; ~{q['samples_to_decide']} samples would decide"
             rows.append((t["task"], _quality(p["baseline"], q["baseline"], q["metric"], p["errors"]["baseline"]),
                          _quality(p["candidate"], q["candidate"], q["metric"], p["errors"]["candidate"]),
                          delta, verdict_text(p)))
@@ -111,9 +119,10 @@ def render(result: dict[str, Any]) -> str:
     settings = result["settings"]
     out = [f"## bench compare: {headline(result)}", "",
            f"Baseline `{result['baseline']['path']}`, candidate `{result['candidate']['path']}`. "
-           "Quality on the samples both cells answered without error; delta = candidate - baseline with a paired "
-           "bootstrap 95% interval. A regression is a drop beyond the suite's tolerance whose interval excludes "
-           "zero, errors on samples the baseline answered"
+           "Quality on the samples both sides ran, an errored request counting as a failed one; delta = candidate "
+           "- baseline with a paired 95% interval (the wider of BCa and t). A regression is a change whose whole "
+           "interval lies beyond -tolerance (for 0/1 scores also an exact McNemar p < 0.05); non-inferior (ok) when "
+           "the whole interval lies above it; inconclusive in between (failing only with --strict)"
            + (f", or a target of `{settings['routing']}` no longer met" if settings.get("routing") else "") + ".",
            ""]
     out += _table(QUALITY_HEADER, quality_rows(result))

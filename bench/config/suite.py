@@ -179,6 +179,7 @@ class FakeBackendConfig(Strict):
     accuracy: float = Field(1.0, ge=0.0, le=1.0)
     accuracy_by_model: dict[str, float] = Field({}, description="per-model accuracy, overriding `accuracy`")
     tokens_per_s: float = Field(1000.0, gt=0)
+    tokens_per_s_by_model: dict[str, float] = Field({}, description="per-model speed, overriding `tokens_per_s`")
     fail_load: bool = False
 
 

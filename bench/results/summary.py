@@ -32,12 +32,23 @@ def _max(values: list[Any]) -> float | None:
     return float(arr.max()) if arr.size else None
 
 
+def quality_value(row: dict[str, Any], key: str | None = None) -> float | None:
+    """A row's quality (its metric, or the measure `key`): an errored request is a failed one, 0, everywhere in
+    bench (summary, thresholds, compare, the pytest plugin); a sample that could not be scored is None."""
+    if row.get("error"):
+        return 0.0
+    v = row.get("score") if key is None else (row.get("scores") or {}).get(key)
+    return None if v is None or isinstance(v, bool) and key is None else v
+
+
 def summarize_cell(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every number of one cell, from its sample rows."""
     ok = [r for r in rows if not r.get("error")]
     metric = next((r.get("metric") for r in rows if r.get("metric")), None)
-    quality = mean_ci([r.get("score") for r in ok]) | {"metric": metric}
-    by_split = {s: mean_ci([r.get("score") for r in ok if r.get("split") == s]) for s in ("calibration", "holdout")}
+    quality = mean_ci([quality_value(r) for r in rows]) | {"metric": metric,
+                                                            "error_rate": (len(rows) - len(ok)) / len(rows)}
+    by_split = {s: mean_ci([quality_value(r) for r in rows if r.get("split") == s])
+                for s in ("calibration", "holdout")}
     derived = [derive(r.get("timings") or {}, r.get("prompt_tokens") or 0, r.get("completion_tokens") or 0,
                       r.get("cached_tokens")) for r in ok if r.get("timings")]
     # tokens/s as a ratio of sums (token-weighted), like llama-bench's per-run rates
@@ -46,7 +57,7 @@ def summarize_cell(rows: list[dict[str, Any]], extra: dict[str, Any] | None = No
     dec_tok = sum(max((r.get("completion_tokens") or 0) - 1, 0) for r in ok)
     dec_s = sum(d["decode_s"] or 0 for d in derived)
     score_keys = sorted({k for r in ok for k in (r.get("scores") or {})})
-    measures = {k: mean_ci([(r.get("scores") or {}).get(k) for r in ok]) for k in score_keys}
+    measures = {k: mean_ci([quality_value(r, k) for r in rows]) for k in score_keys}
     costs = [r.get("cost_usd") for r in ok]
     cost_mean = _mean(costs)
     first = rows[0]
@@ -56,6 +67,7 @@ def summarize_cell(rows: list[dict[str, Any]], extra: dict[str, Any] | None = No
         "locality": first.get("locality"),
         "n": len(rows),
         "errors": len(rows) - len(ok),
+        "error_rate": (len(rows) - len(ok)) / len(rows),
         "error_examples": sorted({r["error"] for r in rows if r.get("error")})[:3],
         "quality": quality,
         "quality_by_split": by_split,

@@ -35,17 +35,21 @@ def validate_routing(doc: Any, where: str) -> None:
         raise UserInputError(f"not a valid routing file: {first.message}{more}", file=where, field=field)
 
 
-def read_routing(path: str | Path) -> dict[str, Any]:
-    """Read and validate a routing.json: the one loader every command uses. Exit-2 errors name the file and field."""
+def read_routing(path: str | Path, flag: str | None = None, *, check_schema: bool = True) -> dict[str, Any]:
+    """Read and validate a routing.json: the one loader every command uses. Exit-2 errors name the file and field
+    (`flag`, the option that named the file, where it is missing). check_schema=False (the report, which renders
+    whatever it is given) checks only that it is a routing file of this version with a `tasks` object."""
     where = str(path)
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserInputError("routing file not found", file=where) from None
+        raise UserInputError("routing file not found", file=where, field=flag) from None
     except IsADirectoryError:
         raise UserInputError("expected a routing.json file, got a directory", file=where) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserInputError(f"not valid JSON: {exc}", file=where) from None
+    except OSError as exc:
+        raise UserInputError(f"cannot read: {exc.strerror or exc}", file=where, field=flag) from None
     if not isinstance(doc, dict):
         raise UserInputError(f"expected a JSON object (a routing file), got a JSON {type(doc).__name__}",
                              file=where)
@@ -59,5 +63,9 @@ def read_routing(path: str | Path) -> dict[str, Any]:
         raise UserInputError(f"schema_version {version} routing files were calibrated without the statistical "
                              f"guarantee this bench requires (version {ROUTING_SCHEMA_VERSION})", file=where,
                              field="schema_version", hint="regenerate it with 'bench thresholds RESULTS -o FILE'")
-    validate_routing(doc, where)
+    if check_schema:
+        validate_routing(doc, where)
+    elif not isinstance(doc.get("tasks"), dict):
+        raise UserInputError("no `tasks` object: not a routing.json written by `bench thresholds`", file=where,
+                             field="tasks")
     return doc
