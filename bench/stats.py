@@ -23,7 +23,7 @@ Z95 = 1.959963984540054
 
 # Above this many values the interval of a mean is Student-t (normal to well within resampling noise), and
 # bootstrapping would cost n_boot * n work.
-NORMAL_ABOVE = 5_000
+NORMAL_ABOVE = 1_000
 N_BOOT = 1999
 
 

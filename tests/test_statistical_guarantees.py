@@ -1,0 +1,201 @@
+"""How often bench's printed verdicts are wrong, measured by seeded simulation and asserted against what it promises.
+
+Each test draws many synthetic calibrations or comparisons from a known truth, runs bench's own decision code on
+them (the same functions `bench thresholds` and `bench compare` call, batched where they are batch-shaped), and
+counts the wrong verdicts:
+- the lower bound of a quality interval above the true mean (promise: at most 3% of the time);
+- a routing policy admitted by the search whose true quality is below the target (promise: at most delta);
+- `bench compare` calling a regression that is within the tolerance (promise: at most 5%), and its power.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bench.compare.core import REGRESSION, quality_gate
+from bench.stats import diff_interval, mean_interval
+
+REPS = 4000
+
+
+def _binomial_error(rate: float, reps: int) -> float:
+    """Three standard errors of a rate estimated from `reps` draws: the simulation's own noise."""
+    return 3 * math.sqrt(rate * (1 - rate) / reps)
+
+
+# ---------------------------------------------------------------- interval coverage
+
+def _binary(rng: np.random.Generator, shape: tuple[int, int], p: float) -> np.ndarray:
+    return (rng.random(shape) < p).astype(float)
+
+
+def _right_skewed(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """ROUGE-like scores: mostly low, a long tail towards 1. Beta(0.6, 3), mean 1/6."""
+    return rng.beta(0.6, 3.0, shape)
+
+
+def _left_skewed(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Field-F1-like scores: mostly perfect, sometimes partial, sometimes 0. Mean 0.78 + 0.15 * 0.25."""
+    u = rng.random(shape)
+    x = np.ones(shape)
+    partial = u < 0.15
+    x[partial] = rng.random(int(partial.sum())) * 0.5
+    x[(u >= 0.15) & (u < 0.22)] = 0.0
+    return x
+
+
+SHAPES = {
+    "binary p=0.8": (lambda rng, s: _binary(rng, s, 0.8), 0.8),
+    "binary p=0.95": (lambda rng, s: _binary(rng, s, 0.95), 0.95),
+    "right-skewed": (_right_skewed, 0.6 / 3.6),
+    "left-skewed": (_left_skewed, 0.78 + 0.15 * 0.25),
+}
+
+
+@pytest.mark.parametrize("n", [10, 24, 100])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_lower_bound_covers_the_true_mean(shape: str, n: int) -> None:
+    draw, true_mean = SHAPES[shape]
+    rng = np.random.default_rng(1000 + n)
+    reps = REPS
+    covered = 0
+    for start in range(0, reps, 500):  # bounded memory: the bootstrap is resamples x samples per replicate
+        x = draw(rng, (min(500, reps - start), n))
+        lo, _, _ = mean_interval(x, n_boot=999, seed=start)
+        covered += int((lo <= true_mean + 1e-12).sum())
+    coverage = covered / reps
+    assert coverage >= 0.97, f"{shape}, n={n}: the lower bound was above the true mean {1 - coverage:.1%} of the time"
+
+
+# ---------------------------------------------------------------- the routing search keeps its promise
+
+def _simulated_task(rng: np.random.Generator, n_cal: int, target: float):
+    """Three tiers whose truth is known: a cheap one with a useful confidence, a middle one, and a strong one
+    whose true accuracy sits just above the target; every cascade's true quality is computable exactly."""
+    from bench.thresholds.calibrate import Calibrated, Split, TierStats
+    from bench.thresholds.gather import TaskData, Tier
+
+    acc = np.array([0.55, 0.72, target + 0.01])
+    n = n_cal
+    right = rng.random((3, n)) < acc[:, None]
+    # confidence: right answers around -0.2, wrong ones around -1.2, overlapping
+    conf = np.where(right, -0.2, -1.2) + rng.normal(0, 0.45, (3, n))
+    conf = np.minimum(conf, 0.0)
+    cost = np.array([1.0, 3.0, 10.0])[:, None] * np.ones((3, n))
+    split = Split(ids=[str(i) for i in range(n)], value=right.astype(float), verified=np.ones((3, n), bool),
+                  conf=conf, cost=cost, cost_usd=cost / 1e6, latency=cost / 10)
+    empty = Split(ids=[], value=np.zeros((3, 0)), verified=np.zeros((3, 0), bool), conf=np.zeros((3, 0)),
+                  cost=np.zeros((3, 0)), cost_usd=np.zeros((3, 0)), latency=np.zeros((3, 0)))
+    tiers = [Tier(cell_id=f"t{i}", cell={}, rows={}, backend=None, locality="local", usd_per_hour=None, chat=True,
+                  model_ref=None, run_id="sim") for i in range(3)]
+    q = {"mean": 0.0, "ci_low": 0.0, "ci_high": 1.0, "n": n}
+    stats = [TierStats(tier=t, quality=q, quality_holdout=q, cost_per_1k_usd=1.0, latency_mean_s=1.0,
+                       latency_p95_s=1.0, meets_target=False, samples_needed=None, confidence_available=True,
+                       errors=0) for t in tiers]
+    task = TaskData(name="sim", kind="classify", metric="accuracy", target=target, target_source="suite",
+                    tolerance=0.02, sensitive=False, latency_budget_s=None, latency_source=None, runtime=None,
+                    tiers=tiers, run_ids=["sim"], min_samples=30, delta=0.05)
+    return Calibrated(task=task, tiers=stats, basis="usd", cal=split, hold=empty, notes=[]), acc
+
+
+def _true_quality(policy, acc: np.ndarray) -> float:
+    """The policy's quality in the population the simulation draws from (the confidence model is known)."""
+    from scipy.stats import norm
+
+    from bench.thresholds.policy import VERIFIED_ONLY
+
+    reach, quality = 1.0, 0.0
+    for pos, tier in enumerate(policy.chain):
+        a = acc[tier]
+        if pos == len(policy.chain) - 1:
+            return quality + reach * a
+        t = policy.thresholds[pos]
+        if t == VERIFIED_ONLY:
+            return quality + reach * a
+        # conf = min(base + N(0, 0.45), 0) >= t for a threshold t <= 0 exactly when base + noise >= t
+        p_acc_right = 1 - norm.cdf((t + 0.2) / 0.45)
+        p_acc_wrong = 1 - norm.cdf((t + 1.2) / 0.45)
+        quality += reach * a * p_acc_right
+        reach *= 1 - (a * p_acc_right + (1 - a) * p_acc_wrong)
+    return quality
+
+
+def _naive_choice(cal):
+    """What the search did before: the cheapest policy whose calibration mean reaches the target."""
+    from bench.thresholds.policy import chain_steps, chains, replay
+
+    best = None
+    for c in chains(cal):
+        for p in chain_steps(c):
+            r = replay(cal.cal, p)
+            if r.mean >= cal.task.target and (best is None or r.cost.mean() < best[0]):
+                best = (r.cost.mean(), p)
+    return best[1] if best else None
+
+
+def test_chosen_policy_misses_its_target_at_most_delta() -> None:
+    from bench.thresholds.policy import search
+
+    rng = np.random.default_rng(7)
+    target, reps, misses, admitted, naive_misses = 0.8, 2000, 0, 0, 0
+    for i in range(reps):
+        cal, acc = _simulated_task(rng, 120, target)
+        choice = search(cal)
+        if i < 500:  # the contrast: an unprotected search over the same candidates
+            naive = _naive_choice(cal)
+            naive_misses += naive is not None and _true_quality(naive, acc) < target
+        if choice.status != "meets_target":
+            continue
+        admitted += 1
+        if _true_quality(choice.policy, acc) < target:
+            misses += 1
+    rate = misses / reps
+    assert admitted > reps * 0.2, "the search admitted too few policies for the test to mean anything"
+    assert rate <= 0.05 + _binomial_error(0.05, reps), f"chosen policy below target in {rate:.1%} of calibrations"
+    # the simulation can tell a broken search apart: without the protection, the choice misses far more often
+    assert naive_misses / 500 > 0.15
+
+
+# ---------------------------------------------------------------- the compare gate
+
+@pytest.mark.parametrize("n", [100, 500, 2000])
+def test_a_drop_within_the_tolerance_is_rarely_called_a_regression(n: int) -> None:
+    rng = np.random.default_rng(11 + n)
+    reps, tol = 1000 if n > 100 else 2000, 0.02
+    d = rng.normal(-0.015, 0.2, (reps, n))
+    hi = np.concatenate([diff_interval(d[i:i + 250], n_boot=999, seed=i)[1] for i in range(0, reps, 250)])
+    rate = float((hi < -tol).mean())
+    assert rate <= 0.05, f"n={n}: a true drop of 0.015 was flagged {rate:.1%} of the time (tolerance 0.02)"
+    # the verdict function the CLI calls, on a slice, agrees with the batched interval
+    for i in range(5):
+        x = np.full(n, 0.5)
+        verdict = quality_gate(list(x), list(x + d[i]), tol)["verdict"]
+        assert (verdict == REGRESSION) == bool(hi[i] < -tol)
+
+
+def test_a_real_drop_is_caught() -> None:
+    rng = np.random.default_rng(5)
+    reps, n, tol = 1000, 500, 0.02
+    d = rng.normal(-0.08, 0.2, (reps, n))
+    hi = np.concatenate([diff_interval(d[i:i + 250], n_boot=999, seed=i)[1] for i in range(0, reps, 250)])
+    power = float((hi < -tol).mean())
+    assert power >= 0.80, f"a true drop of 0.08 at n=500 was caught only {power:.1%} of the time"
+
+
+def test_exact_test_keeps_small_binary_comparisons_from_flaking() -> None:
+    # the issue's case: 4 of 10 samples worse, none better; exact McNemar p = 0.125, so no regression
+    base = [1.0] * 10
+    cand = [0.0] * 4 + [1.0] * 6
+    gate = quality_gate(base, cand, 0.02)
+    assert gate["verdict"] != REGRESSION and gate["exact_p"] == pytest.approx(0.125)
+    # with no change in truth, a 0/1 comparison of 30 samples flags a regression rarely
+    rng = np.random.default_rng(3)
+    flagged = 0
+    for _ in range(300):
+        b = (rng.random(30) < 0.8).astype(float)
+        c = (rng.random(30) < 0.8).astype(float)
+        flagged += quality_gate(list(b), list(c), 0.02)["verdict"] == REGRESSION
+    assert flagged / 300 <= 0.05
