@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from bench.redact import redact_text
+
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: every finished sample is saved; run the same command again to resume",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.config.suite import Suite, suite_line, template_fields
@@ -45,9 +46,9 @@ def _load_rows(suite: Suite) -> list[dict[str, Any]]:
     features = None
     if suffix == ".csv":
         import csv
+        import io
 
-        with path.open(encoding="utf-8", newline="") as f:
-            header = next(csv.reader(f), [])
+        header = next(csv.reader(io.StringIO(read_text_utf8(path, where), newline="")), [])
         # every column as text: inference would turn "+14155550123" into a number
         features = datasets.Features({name: datasets.Value("string") for name in header})
     try:
@@ -71,9 +72,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def read_text_utf8(path: Path, where: dict[str, Any]) -> str:
+    """The file as UTF-8 text; bytes that are not UTF-8 are an exit-2 error naming the line and byte offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserInputError(f"{path.name} line {line}: byte {exc.start} (0x{data[exc.start]:02x}) is not UTF-8; "
+                             "expected UTF-8 text", **where) from None
+
+
 def _read_json_rows(path, where: dict[str, Any]) -> list[dict[str, Any]]:
     """JSON Lines (or one JSON array), with the line of any broken row in the error."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text_utf8(path, where)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

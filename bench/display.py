@@ -14,7 +14,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console(stderr=True)   # progress and logs
+from bench.redact import RedactingStream
+
+console = Console(file=RedactingStream(), stderr=True)   # progress and logs, credentials redacted
 out = Console()                  # tables and results
 if not out.is_terminal:          # a log or a pipe: don't squeeze the table into 80 columns
     out = Console(width=200)

@@ -72,9 +72,16 @@ def make_row(suite: Suite, plan: CellPlan, sample: Sample, gen: dict[str, Any], 
     if error:
         scored_parsed, verified, scores, score = None, False, {}, None
     else:
-        scored = task.score(gen.get("text") or "", sample.reference, sample.fields, suite.task)
-        scored_parsed, verified, scores = scored.parsed, scored.verified, scored.scores
-        score = scores.get(metric)
+        try:
+            scored = task.score(gen.get("text") or "", sample.reference, sample.fields, suite.task)
+        except Exception as exc:  # a scorer that fails on one answer makes an error row, not a crashed cell
+            scored = None
+            error = f"scoring failed: {type(exc).__name__}: {str(exc)[:300]}"
+        if scored is None:
+            scored_parsed, verified, scores, score = None, False, {}, None
+        else:
+            scored_parsed, verified, scores = scored.parsed, scored.verified, scored.scores
+            score = scores.get(metric)
     d = derive(timings, gen.get("prompt_tokens") or 0, gen.get("completion_tokens") or 0, gen.get("cached_tokens"))
     return {
         "cell": plan.cell, "cell_id": plan.cell_id, "sample_id": sample.id, "split": sample.split,
@@ -83,7 +90,7 @@ def make_row(suite: Suite, plan: CellPlan, sample: Sample, gen: dict[str, Any], 
         "prompt_tokens": gen.get("prompt_tokens"), "cached_tokens": gen.get("cached_tokens"),
         "completion_tokens": gen.get("completion_tokens"),
         "ttft_s": d["ttft_s"], "prefill_s": d["prefill_s"], "decode_s": d["decode_s"], "latency_s": d["latency_s"],
-        "cost_usd": None if error else cost_model.cost(gen), "error": error, "timings": timings,
+        "cost_usd": None if gen.get("error") else cost_model.cost(gen), "error": error, "timings": timings,
         "load_s": load.get("load_s"), "rss_peak_mb": gen.get("rss_peak_mb"),
         "rss_model_mb": load.get("rss_model_mb"), "gpu_peak_mb": gen.get("gpu_peak_mb"),
         "energy_j": gen.get("energy_j"), "model_bytes": load.get("model_bytes"),

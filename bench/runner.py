@@ -32,6 +32,7 @@ from bench.results.schema import cell_id as make_cell_id
 from bench.results.store import (
     RunDir,
     SampleWriter,
+    SuiteLock,
     open_run,
     utcnow,
 )
@@ -260,6 +261,17 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: l
         "hardware": {"detected": info, "fingerprint": info["fingerprint"], "profile": hardware_id if profile else None,
                      "note": note, "cost_per_hour_usd": getattr(profile, "cost_per_hour_usd", None)},
     }
+    with SuiteLock(Path(results_dir), suite.name):
+        return _run_locked(suite, samples, plans, manifest, info, profile, note, profiles, results_dir, fresh,
+                           isolation, quiet, resolve_model)
+
+
+def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], manifest: dict[str, Any], info: Any,
+                profile: Any, note: str, profiles: Any, results_dir: Path, fresh: bool, isolation: str, quiet: bool,
+                resolve_model: Any) -> RunOutcome:
+    """The run itself, holding the suite's lock: open or resume, run what is missing, write the summary."""
+    from bench.display import cell_progress, console
+
     run, resumed = open_run(Path(results_dir), suite.name, manifest["suite"]["identity"], manifest, fresh)
     if not quiet:
         console.print(f"[bold]{suite.name}[/]: {len(samples)} samples x {len(plans)} cells -> {run.path}"

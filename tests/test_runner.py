@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -73,15 +75,29 @@ def test_resume_fills_only_missing_samples(tmp_path, fake_suite) -> None:
 def test_torn_last_line_is_skipped_and_repaired(tmp_path) -> None:
     path = tmp_path / "samples.jsonl"
     w = SampleWriter(path)
-    w.write({"cell_id": "c", "sample_id": "1"})
+    w.write({"cell": {}, "cell_id": "c", "sample_id": "1"})
     w.close()
     with path.open("ab") as f:
         f.write(b'{"schema_version": 1, "cell_id": "c", "sample_id": "2", "outp')  # killed mid-write
     assert [r["sample_id"] for r in iter_samples(path)] == ["1"]
     w = SampleWriter(path)
-    w.write({"cell_id": "c", "sample_id": "3"})
+    w.write({"cell": {}, "cell_id": "c", "sample_id": "3"})
     w.close()
     assert [r["sample_id"] for r in iter_samples(path)] == ["1", "3"]
+
+
+def test_a_whole_last_line_that_lost_only_its_newline_is_kept(tmp_path) -> None:
+    path = tmp_path / "samples.jsonl"
+    w = SampleWriter(path)
+    w.write({"cell": {}, "cell_id": "c", "sample_id": "1"})
+    w.write({"cell": {}, "cell_id": "c", "sample_id": "2"})
+    w.close()
+    os.truncate(path, path.stat().st_size - 1)  # `truncate -s -1`: the row is whole, only its newline is gone
+    assert [r["sample_id"] for r in iter_samples(path)] == ["1", "2"]
+    w = SampleWriter(path)
+    w.write({"cell": {}, "cell_id": "c", "sample_id": "3"})
+    w.close()
+    assert [r["sample_id"] for r in iter_samples(path)] == ["1", "2", "3"]
 
 
 def test_failing_load_errors_its_cells_and_the_rest_runs(tmp_path, capsys) -> None:

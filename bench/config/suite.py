@@ -27,7 +27,8 @@ TASK_KINDS = ("summarize", "classify", "extract", "rewrite", "normalize")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # allow_inf_nan=False: `target: .nan` or `tolerance: .inf` are errors, not silent nonsense
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- dataset and split
@@ -97,6 +98,22 @@ class ClassifyTask(Strict):
     kind: Literal["classify"]
     labels: list[str] = Field(..., min_length=2)
 
+    @field_validator("labels")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        from bench.tasks.base import norm_text
+
+        if any(not norm_text(label) for label in v):
+            raise ValueError("a label is empty; an empty answer would then count as a verified label")
+        seen: dict[str, str] = {}
+        for label in v:
+            key = norm_text(label)
+            if key in seen:
+                raise ValueError(f"duplicate label {label!r} (same as {seen[key]!r} ignoring case and spaces); "
+                                 "duplicates skew macro-F1")
+            seen[key] = label
+        return v
+
 
 class ExtractTask(Strict):
     kind: Literal["extract"]
@@ -111,7 +128,57 @@ class ExtractTask(Strict):
             jsonschema.Draft202012Validator.check_schema(v)
         except jsonschema.SchemaError as exc:
             raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        for ref in _refs(v):
+            _resolve_local_ref(v, ref)
         return v
+
+
+def _refs(node: Any) -> list[str]:
+    """Every $ref string in a schema."""
+    out: list[str] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            if isinstance(n.get("$ref"), str):
+                out.append(n["$ref"])
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+    return out
+
+
+def _resolve_local_ref(schema: dict[str, Any], ref: str) -> None:
+    """A $ref must point inside the schema: bench never fetches a remote one, and one that resolves nowhere would
+    fail every sample at scoring time."""
+    if not ref.startswith("#"):
+        raise ValueError(f"$ref {ref!r} points outside the schema; only local refs ('#/$defs/...') are allowed, "
+                         "bench never fetches remote ones")
+    frag = ref[1:]
+    if frag and not frag.startswith("/"):  # a plain-name anchor
+        if frag not in {n.get("$anchor") for n in _walk(schema) if isinstance(n, dict)}:
+            raise ValueError(f"$ref {ref!r} names no $anchor in the schema")
+        return
+    node: Any = schema
+    for part in [p.replace("~1", "/").replace("~0", "~") for p in frag.split("/")[1:]]:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise ValueError(f"$ref {ref!r} resolves nowhere in the schema (no {part!r})")
+
+
+def _walk(node: Any) -> list[Any]:
+    out, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        if isinstance(n, dict):
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+    return out
 
 
 class SummarizeTask(Strict):
@@ -287,10 +354,28 @@ def load_suite(path: str | Path) -> Suite:
     if not isinstance(data, dict):
         raise UserInputError("a suite must be a YAML mapping of keys (name, task, dataset, ...)", file=str(path))
     suite = validate(Suite, data, lines, path)
+    _check_metric(suite, lines, path)
     suite.path = path.resolve()
     suite.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     suite._lines = lines
     return suite
+
+
+def _check_metric(suite: Suite, lines: dict, path: Path) -> None:
+    """The metric must be one its task kind computes, and the target, tolerance and delta within its 0..1 scale."""
+    from bench.errors import did_you_mean
+    from bench.tasks import get_task
+
+    kind = get_task(suite.task.kind)
+    if suite.metric is not None and suite.metric not in kind.metrics:
+        raise UserInputError(f"metric {suite.metric!r} is not one that task kind {kind.name!r} computes; expected "
+                             f"one of {', '.join(kind.metrics)}", file=str(path), line=line_for(lines, ("metric",)),
+                             field="metric", hint=did_you_mean(suite.metric, kind.metrics))
+    metric = suite.metric or kind.metric
+    for key, value in (("target", suite.target), ("tolerance", suite.tolerance)):
+        if not 0 <= value <= 1:
+            raise UserInputError(f"{key} {value:g} is outside the 0..1 scale of {metric}", file=str(path),
+                                 line=line_for(lines, (key,)), field=key)
 
 
 def suite_line(suite: Suite, *keys: Any) -> int | None:

@@ -45,8 +45,11 @@ def cell_label(cell: dict[str, Any]) -> str:
 def check_version(doc: dict[str, Any], where: str) -> dict[str, Any]:
     """Refuse files from a newer bench; migrate older ones step by step."""
     version = doc.get("schema_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise UserInputError("no schema_version: not a bench results file", file=where)
+    if version < 1:
+        raise UserInputError(f"schema_version {version}: expected a whole number from 1 to {SCHEMA_VERSION}",
+                             file=where)
     if version > SCHEMA_VERSION:
         raise UserInputError(
             f"schema_version {version} is newer than this bench understands ({SCHEMA_VERSION})",

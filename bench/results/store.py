@@ -10,8 +10,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bench import SCHEMA_VERSION
 from bench.errors import UserInputError
+from bench.redact import redact, redact_text
 from bench.results.schema import check_version
 
 MANIFEST = "manifest.json"
@@ -27,15 +30,26 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a uniquely named temporary file and rename, so a reader never sees half a file and two
+    writers never share a temporary; nothing is left behind on failure."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError("expected a file to write, got a directory", file=str(path))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a document."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    """A JSON document, redacted of credentials, written atomically."""
+    write_text_atomic(path, json.dumps(redact(doc), indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -48,6 +62,26 @@ def read_json(path: Path) -> dict[str, Any]:
     return check_version(doc, str(path))
 
 
+ROW_KEYS = ("cell", "cell_id", "sample_id")
+
+
+def check_row(row: Any, path: Path, line: int) -> dict[str, Any]:
+    """A samples.jsonl line as a row, or an exit-2 error naming the file, the line and what was expected."""
+    if not isinstance(row, dict):
+        raise UserInputError(f"line {line}: expected a JSON object (one sample row), got a JSON "
+                             f"{type(row).__name__}", file=str(path))
+    row = check_version(row, f"{path}:{line}")
+    missing = [k for k in ROW_KEYS if k not in row]
+    if missing:
+        raise UserInputError(f"line {line}: a sample row needs {', '.join(ROW_KEYS)}; missing {', '.join(missing)}",
+                             file=str(path))
+    if not isinstance(row["cell"], dict) or not isinstance(row["cell_id"], str) \
+            or not isinstance(row["sample_id"], (str, int)) or isinstance(row["sample_id"], bool):
+        raise UserInputError(f"line {line}: expected cell (an object), cell_id and sample_id (strings)",
+                             file=str(path))
+    return row
+
+
 def iter_samples(path: Path) -> Iterator[dict[str, Any]]:
     """Read samples.jsonl; a torn last line (a kill mid-write) is skipped, any other bad line is an error."""
     if not path.exists():
@@ -58,12 +92,12 @@ def iter_samples(path: Path) -> Iterator[dict[str, Any]]:
         if not raw.strip():
             continue
         try:
-            row = json.loads(raw)
+            row = orjson.loads(raw)
         except ValueError:
             if i == len(lines):  # the final line without its newline: an interrupted write
                 continue
             raise UserInputError(f"line {i} is not valid JSON", file=str(path)) from None
-        yield check_version(row, f"{path}:{i}")
+        yield check_row(row, path, i)
 
 
 class SampleWriter:
@@ -75,7 +109,8 @@ class SampleWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _repair(self) -> None:
-        """Cut a torn final line left by a killed run, so the next line starts clean."""
+        """Make the file end at a line boundary before appending: a final line that is whole JSON but lost only its
+        newline is kept (its newline added); a torn one (a kill mid-write) is cut, as readers skip it anyway."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return
         with self.path.open("rb+") as f:
@@ -85,10 +120,23 @@ class SampleWriter:
             f.seek(0)
             data = f.read()
             cut = data.rfind(b"\n") + 1
-            f.truncate(cut)
+            try:
+                orjson.loads(data[cut:])
+                whole = True
+            except ValueError:
+                whole = False
+            if whole:
+                f.seek(0, os.SEEK_END)
+                f.write(b"\n")
+            else:
+                f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
 
     def write(self, row: dict[str, Any]) -> None:
         row = {"schema_version": SCHEMA_VERSION, **row}
+        if row.get("error"):
+            row["error"] = redact_text(str(row["error"]))
         data = (json.dumps(row, default=str, ensure_ascii=False) + "\n").encode("utf-8")
         os.write(self._fd, data)  # one write call per line, with O_APPEND
         os.fsync(self._fd)
@@ -130,9 +178,55 @@ class RunDir:
         write_json_atomic(self.manifest_path, doc)
 
 
+class SuiteLock:
+    """An exclusive lock on results/<suite>/ for the whole of a run (filelock: an OS lock, released when the
+    process dies). A second `bench run` of the same suite into the same results directory waits up to
+    `wait_s` (BENCH_LOCK_WAIT, default 0) and then exits 2 naming the holder: no sample is generated, or
+    billed, twice."""
+
+    def __init__(self, results_dir: Path, suite_name: str, wait_s: float | None = None):
+        from filelock import FileLock
+
+        locks = Path(results_dir) / ".locks"  # beside the suite folders, so listing a suite shows only runs
+        locks.mkdir(parents=True, exist_ok=True)
+        self.path = locks / f"{suite_name}.lock"
+        self.info = locks / f"{suite_name}.holder.json"
+        self.wait_s = float(os.environ.get("BENCH_LOCK_WAIT", "0")) if wait_s is None else wait_s
+        self._lock = FileLock(str(self.path))
+
+    def __enter__(self) -> SuiteLock:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire(timeout=self.wait_s)
+        except Timeout:
+            holder = "another process"
+            try:
+                h = json.loads(self.info.read_text(encoding="utf-8"))
+                holder = f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')}"
+            except (OSError, ValueError):
+                pass
+            raise UserInputError(f"another bench run holds this suite's results ({holder}); wait for it to "
+                                 "finish, or set BENCH_LOCK_WAIT=SECONDS to wait", file=str(self.path),
+                                 hint="two runs of one suite at once would generate (and bill) samples twice") \
+                from None
+        import socket
+
+        write_text_atomic(self.info, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                 "since": utcnow()}) + "\n")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.info.unlink(missing_ok=True)
+        self._lock.release()
+
+
 def open_run(results_dir: Path, suite_name: str, identity: str, manifest: dict[str, Any],
              fresh: bool = False) -> tuple[RunDir, bool]:
-    """Resume the latest run of this suite with the same identity, or start a new one. Returns (run, resumed)."""
+    """Resume the latest run of this suite with the same identity, or start a new one. Returns (run, resumed).
+
+    Call it holding SuiteLock. A resumed run's samples are read (and a bad file refused) before its manifest is
+    touched."""
     suite_dir = results_dir / suite_name
     if not fresh and suite_dir.is_dir():
         for candidate in sorted((p for p in suite_dir.iterdir() if (p / MANIFEST).exists()), reverse=True):
@@ -142,6 +236,8 @@ def open_run(results_dir: Path, suite_name: str, identity: str, manifest: dict[s
                 continue
             if doc.get("suite", {}).get("identity") == identity:
                 run = RunDir(candidate)
+                for _ in iter_samples(run.samples_path):  # a bad line stops here, the manifest untouched
+                    pass
                 resumes = doc.get("resumed_at", []) + [utcnow()]
                 run.update_manifest(resumed_at=resumes, finished_at=None)
                 return run, True
