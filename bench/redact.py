@@ -36,11 +36,16 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+_PARAM = re.compile(r"([?&;](?:" + "|".join(re.escape(n) for n in SECRET_NAMES) + r")=)[^&#\s\"'<>]+", re.I)
+
+
 def redact_text(text: str) -> str:
-    """Every URL in free text (an error message, a log line) redacted, plus bearer tokens and key-shaped strings."""
+    """Every URL in free text (an error message, a log line) redacted, plus credential query parameters outside a
+    full URL (a server echoing a path), bearer tokens and key-shaped strings."""
     if not text:
         return text
     out = _URL.sub(lambda m: redact_url(m.group(0)), text) if "://" in text else text
+    out = _PARAM.sub(lambda m: m.group(1) + MASK, out)
     out = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", out)
     return _KEYLIKE.sub(MASK, out)
 

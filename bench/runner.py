@@ -234,7 +234,6 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: l
               hardware: str | None = None, results_dir: Path = Path("results"), fresh: bool = False,
               isolation: str = "process", quiet: bool = False) -> RunOutcome:
     """Run every cell of the suite's matrix on every sample not already stored; write the summary."""
-    from bench.display import cell_progress, console
     from bench.models.resolve import resolve_model
 
     samples = load_samples(suite, limit)  # bad data fails here, before any model loads

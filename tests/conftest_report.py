@@ -7,11 +7,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench import SCHEMA_VERSION
-from bench.thresholds import ROUTING_SCHEMA_VERSION
 from bench.results.schema import cell_id
 from bench.results.store import RunDir, write_json_atomic
 from bench.results.summary import build_summary
+from bench.thresholds import ROUTING_SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 XSS_OUTPUT = "<script>alert(1)</script> and </script><img src=x onerror=alert(1)>"

@@ -44,6 +44,8 @@ class FakeBackend:
         return LoadInfo(load_s=0.01, chat=True)
 
     def _one(self, req: Request) -> Generation:
+        if self.config.delay_s:
+            time.sleep(self.config.delay_s)
         model_id = getattr(self.model, "id", "") or ""
         accuracy = self.config.accuracy_by_model.get(model_id, self.config.accuracy)
         right = _u(f"{model_id}:{req.id}") < accuracy

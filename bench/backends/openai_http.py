@@ -101,7 +101,17 @@ class OpenAIBackend:
         self._rand = random.random
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(name={self.config.name!r}, base_url={self.base_url!r}, model={self.config.model!r})"
+        from bench.redact import redact_url
+
+        return (f"OpenAIBackend(name={self.config.name!r}, base_url={redact_url(self.base_url)!r}, "
+                f"model={self.config.model!r})")
+
+    def endpoint(self, path: str) -> str:
+        """base_url's path joined with an API path, its query (if any) kept at the end."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.base_url)
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + path))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -129,7 +139,7 @@ class OpenAIBackend:
             timeout=httpx.Timeout(t, connect=min(t, 10.0)),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
-        url = f"{self.base_url}/models"
+        url = self.endpoint("models")
         try:
             resp = self._client.get(url, headers=self._headers())
         except httpx.HTTPError as exc:
@@ -230,7 +240,7 @@ class OpenAIBackend:
             body["prompt"] = req.prompt
             if logprobs:
                 body["logprobs"] = 1
-        return f"{self.base_url}/{'chat/completions' if c.chat else 'completions'}", body
+        return self.endpoint("chat/completions" if c.chat else "completions"), body
 
     def _attempt(self, req: Request) -> Generation:
         """One HTTP attempt; resends at once without each optional field a server rejects with a 400."""

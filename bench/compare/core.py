@@ -15,7 +15,7 @@ from bench.compare.speed import DEFAULT_FACTOR, _num, compare_speed
 from bench.errors import UserInputError
 from bench.results.schema import cell_id as make_cell_id
 from bench.results.schema import cell_label
-from bench.results.store import find_runs, read_json
+from bench.results.store import find_runs
 from bench.stats import Z95, diff_interval, is_binary, mcnemar_exact, mean_ci
 
 DEFAULT_TOLERANCE = 0.02  # the suite's own default, for manifests that carry none

@@ -247,6 +247,7 @@ class FakeBackendConfig(Strict):
     accuracy_by_model: dict[str, float] = Field({}, description="per-model accuracy, overriding `accuracy`")
     tokens_per_s: float = Field(1000.0, gt=0)
     tokens_per_s_by_model: dict[str, float] = Field({}, description="per-model speed, overriding `tokens_per_s`")
+    delay_s: float = Field(0.0, ge=0, le=10, description="real seconds slept per request (for fault tests)")
     fail_load: bool = False
 
 

@@ -132,9 +132,9 @@ def save_probe(fingerprint: str, result: dict[str, Any]) -> Path:
     """Store a probe result for this machine, replacing an older one; returns the file."""
     path = probe_path(fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps({**result, "fingerprint": fingerprint}, indent=2))
-    tmp.replace(path)
+    from bench.results.store import write_text_atomic
+
+    write_text_atomic(path, json.dumps({**result, "fingerprint": fingerprint}, indent=2))
     return path
 
 

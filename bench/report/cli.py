@@ -23,10 +23,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError("is a directory: expected the path of the HTML file to write", file=str(out),
                              field="--output")
     try:
+        from bench.results.store import write_text_atomic
+
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(html, encoding="utf-8")
-        tmp.replace(out)
+        write_text_atomic(out, html)
     except OSError as exc:
         raise UserInputError(f"cannot write the report: {exc.strerror or exc}", file=str(out),
                              field="--output") from None

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from bench.errors import UserInputError
-from bench.results.schema import cell_label, check_version
-from bench.results.store import RunDir, find_runs, read_json
+from bench.results.schema import cell_label
+from bench.results.store import RunDir, check_row, find_runs, read_json
 from bench.results.summary import build_summary, latest_per_sample
 from bench.stats import paired_bootstrap_diff
 
@@ -181,10 +181,9 @@ def read_samples(path: Path, lean: bool = False) -> list[dict[str, Any]]:
                 if i == len(lines):  # an interrupted final write
                     continue
                 raise UserInputError(f"line {i} is not valid JSON", file=str(path)) from None
-        if not isinstance(row, dict):
-            raise UserInputError(f"line {i} is not a JSON object", file=str(path))
-        row.pop("_", None)
-        rows.append(check_version(row, f"{path}:{i}"))
+        if isinstance(row, dict):
+            row.pop("_", None)
+        rows.append(check_row(row, path, i))
     return rows
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
+from bench.results.store import write_text_atomic
 from bench.thresholds.document import build, write
 from bench.thresholds.gather import gather, parse_targets
 
@@ -80,9 +80,7 @@ def run(args: argparse.Namespace) -> int:
         from bench.thresholds.litellm import litellm_config, litellm_path
 
         lpath = litellm_path(path)
-        tmp = lpath.with_name(lpath.name + ".tmp")
-        tmp.write_text(litellm_config(doc, source=Path(path).name), encoding="utf-8")
-        os.replace(tmp, lpath)
+        write_text_atomic(lpath, litellm_config(doc, source=Path(path).name))
         written.append(str(lpath))
     for line, style in summary_lines(doc):
         console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)

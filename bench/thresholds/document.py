@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 from bench import __version__
 from bench.errors import UserInputError
-from bench.results.store import utcnow
+from bench.redact import redact
+from bench.results.store import utcnow, write_text_atomic
 from bench.thresholds import ROUTING_SCHEMA_VERSION, validate_routing
 from bench.thresholds.calibrate import ON_PREMISES, Calibrated, calibrate
 from bench.thresholds.gather import TaskData
@@ -246,10 +245,5 @@ def write(doc: dict[str, Any], path: str | Path) -> Path:
                              field="-o")
     validate_routing(doc, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(dumps(doc), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, dumps(redact(doc)))
     return path

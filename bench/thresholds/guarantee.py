@@ -21,8 +21,8 @@ def p_value_mean_below(values: np.ndarray, target: float, *, binary: bool) -> fl
     0/1 scores: exact binomial tail P(Binomial(n, target) >= successes). Continuous scores: one-sided Student-t;
     where every value is the same, the binomial tail of the (fractional) sum, the worst case for a [0, 1]
     score of that mean. NaN values are dropped; no values gives 1."""
-    from scipy.stats import binom, t
     from scipy.special import betainc
+    from scipy.stats import binom, t
 
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
