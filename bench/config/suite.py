@@ -275,6 +275,8 @@ class VLLMBackendConfig(Strict):
     max_model_len: int = 4096
     tensor_parallel_size: int = 1
     hf_model: str | None = Field(None, description="hub id or local directory; default: the catalog's GGUF file")
+    tokenizer: str | None = Field(None, description="the original model's tokenizer (hub id or directory); "
+                                  "default: the catalog entry's hf_tokenizer. vLLM needs one beside a GGUF file")
 
 
 BackendConfig = Annotated[

@@ -95,6 +95,14 @@ class GpuReader:
         except Exception:
             return None
 
+    def total_mb(self) -> float | None:
+        if self.handle is None:
+            return None
+        try:
+            return self._nvml.nvmlDeviceGetMemoryInfo(self.handle).total / MB
+        except Exception:
+            return None
+
     def energy_mj(self) -> float | None:
         """Total energy since the driver loaded, in millijoules (Volta and newer)."""
         if self.handle is None:
