@@ -44,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_suite(suite, models=args.models, quantizations=args.quantizations, limit=args.limit,
                         hardware=args.hardware,
                         results_dir=Path(args.results), fresh=args.fresh, isolation=args.isolation,
-                        quiet=args.json)
+                        quiet=args.json, ray=args.ray)
     summary = outcome.summary
     if args.json:
         _emit_json({"run_dir": str(outcome.run.path), "resumed": outcome.resumed,
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     r.add_argument("--isolation", choices=("process", "inline"), default="process",
                    help="run each cell in its own process (default) or in this one")
+    r.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="run each cell as a task on a Ray cluster (default address: auto)")
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("validate", help="check suites and their data without running a model")
@@ -166,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--hardware", help="show this profile instead of the matched one")
     h.set_defaults(func=_delegate("bench.hardware.cli"))
 
+    ray = sub.add_parser("ray", help="Ray cluster helpers: start a node that advertises this machine's profile")
+    raysub = ray.add_subparsers(dest="ray_cmd", required=True, metavar="SUBCOMMAND")
+    rn = raysub.add_parser("node", help="start a Ray node advertising hardware:<profile-id> (head or worker)")
+    rn.add_argument("--head", action="store_true", help="start the head node")
+    rn.add_argument("--address", help="the head's address (HOST:PORT), for a worker node")
+    rn.add_argument("--port", type=int, default=6379, help="the head's port")
+    rn.add_argument("--node-ip", default="127.0.0.1", help="this node's address as the cluster sees it")
+    rn.add_argument("--hardware", help="the profile to advertise (default: the one matching this machine)")
+    rn.add_argument("--num-cpus", type=int, default=None)
+    rn.add_argument("--no-probe", action="store_true", help="do not measure bandwidth when none is stored")
+    rn.add_argument("--dry-run", action="store_true", help="print the ray start command instead of running it")
+    ray.set_defaults(func=_delegate("bench.executors.ray_cluster"))
+
     rep = sub.add_parser("report", help="build one self-contained HTML report from runs")
     rep.add_argument("results", nargs="+")
     rep.add_argument("-o", "--output", required=True)
@@ -189,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--routing", help="a routing.json whose targets must still be met")
     c.add_argument("--gate-speed", action="store_true", help="also fail on a significant speed or memory regression")
     c.add_argument("--strict", action="store_true", help="also fail (exit 1) when a quality verdict is inconclusive")
+    c.add_argument("--hardware", type=_csv, metavar="HW_A,HW_B",
+                   help="compare the baseline's cells on profile HW_A with the candidate's on HW_B (one run twice: "
+                        "hardware qualification)")
     c.add_argument("--max-error-rate", type=float, default=None, metavar="SHARE",
                    help="fail when the candidate errors on more than this share of samples (0..1)")
     c.set_defaults(func=_delegate("bench.compare.cli"))

@@ -35,15 +35,17 @@ def results_table(summary: dict[str, Any], title: str | None = None) -> Table:
     hw = sorted({c["cell"].get("hardware") or "?" for c in summary["cells"]})
     t = Table(title=title or f"{summary.get('suite')} ({summary.get('task')}), target {summary.get('target')}, "
               f"hardware {', '.join(hw)}")
-    for col in ("model", "quant", "backend", "n", "quality [95% CI]", "TTFT p50/p95 s", "prefill tok/s",
-                "decode tok/s", "peak RAM MB", "$/1k", "err"):
-        t.add_column(col, justify="left" if col in ("model", "quant", "backend") else "right")
+    several = len(hw) > 1
+    for col in ("model", "quant", "backend") + (("hardware",) if several else ()) + (
+            "n", "quality [95% CI]", "TTFT p50/p95 s", "prefill tok/s", "decode tok/s", "peak RAM MB", "$/1k", "err"):
+        t.add_column(col, justify="left" if col in ("model", "quant", "backend", "hardware") else "right")
     for c in summary["cells"]:
         q = c["quality"]
         quality = ("-" if q.get("mean") is None
                    else f"{q['metric']} {q['mean']:.3f} [{q['ci_low']:.3f}, {q['ci_high']:.3f}]")
         cell = c["cell"]
-        t.add_row(cell["model"], cell.get("quantization") or "-", cell["backend"], str(c["n"]), quality,
+        t.add_row(cell["model"], cell.get("quantization") or "-", cell["backend"],
+                  *((cell.get("hardware") or "?",) if several else ()), str(c["n"]), quality,
                   f"{_f(c['ttft_s']['p50'])}/{_f(c['ttft_s']['p95'])}", _f(c["prefill_tps"], "{:.0f}"),
                   _f(c["decode_tps"], "{:.1f}"), _f(c["peak_rss_mb"], "{:.0f}"),
                   _f(c["cost_per_1k_usd"], "{:.4f}"), str(c["errors"]))

@@ -77,7 +77,7 @@ def identity(suite: Suite) -> str:
 
 
 def plan_cells(suite: Suite, models: list[str] | None, hardware_id: str, locality: str,
-               quantizations: list[str] | None = None) -> list[CellPlan]:
+               quantizations: list[str] | None = None, hardware_ids: list[str] | None = None) -> list[CellPlan]:
     """Cross models x quantizations with local backends; each HTTP backend is a cell of its own.
 
     `quantizations` replaces every catalog model's list (variants are derived when missing)."""
@@ -116,9 +116,11 @@ def plan_cells(suite: Suite, models: list[str] | None, hardware_id: str, localit
                     quants = ref.quantizations or ["unknown"]
                     chat = True if ref.chat is None else ref.chat
                 for q in quants:
-                    cell = {"model": ref.id, "quantization": q, "backend": backend.kind, "hardware": hardware_id,
-                            "gen": gen}
-                    plans.append(CellPlan(cell=cell, backend=backend, model_ref=ref, locality=locality, chat=chat))
+                    for hw in hardware_ids or [hardware_id]:  # the hardware axis: one cell per profile
+                        cell = {"model": ref.id, "quantization": q, "backend": backend.kind, "hardware": hw,
+                                "gen": gen}
+                        plans.append(CellPlan(cell=cell, backend=backend, model_ref=ref, locality=locality,
+                                              chat=chat))
         elif isinstance(backend, OpenAIBackendConfig) and backend.name in endpoints:
             cell = {"model": backend.name, "quantization": None, "backend": "openai",
                     "hardware": backend.hardware or "remote", "gen": gen}
@@ -232,7 +234,7 @@ def _shown_path(path: Path | None) -> str:
 def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: list[str] | None = None,
               limit: int | None = None,
               hardware: str | None = None, results_dir: Path = Path("results"), fresh: bool = False,
-              isolation: str = "process", quiet: bool = False) -> RunOutcome:
+              isolation: str = "process", quiet: bool = False, ray: str | None = None) -> RunOutcome:
     """Run every cell of the suite's matrix on every sample not already stored; write the summary."""
     from bench.models.resolve import resolve_model
 
@@ -243,7 +245,23 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: l
         from bench.models.quantize import normalize_qtype
 
         quantizations = [normalize_qtype(q) for q in quantizations]
-    plans = plan_cells(suite, models, hardware_id, "local", quantizations)  # in-process engines: this machine
+    cluster = None
+    if ray is not None or suite.executor.kind == "ray":
+        from bench.executors.ray_cluster import connect
+
+        cluster = connect(ray if ray not in (None, "auto") else suite.executor.address)
+    elif suite.matrix.hardware and suite.matrix.hardware != [hardware_id]:
+        raise UserInputError(f"matrix.hardware lists {', '.join(suite.matrix.hardware)}, but without a cluster "
+                             f"every cell runs here ({hardware_id})", file=str(suite.path),
+                             line=suite_line(suite, "matrix", "hardware"), field="matrix.hardware",
+                             hint="run with --ray ADDRESS (or executor: {kind: ray}) to place cells on nodes")
+    unknown = [h for h in suite.matrix.hardware if h not in profiles]
+    if unknown:
+        raise UserInputError(f"unknown hardware profile {unknown[0]!r}; known: {', '.join(sorted(profiles))}",
+                             file=str(suite.path), line=suite_line(suite, "matrix", "hardware"),
+                             field="matrix.hardware", hint=did_you_mean(unknown[0], profiles))
+    hardware_ids = suite.matrix.hardware or None
+    plans = plan_cells(suite, models, hardware_id, "local", quantizations, hardware_ids)
     if not plans:
         raise UserInputError("the matrix has no cells (no models, or --models matched none)", file=str(suite.path),
                              line=suite_line(suite, "matrix"), field="matrix")
@@ -262,12 +280,12 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: l
     }
     with SuiteLock(Path(results_dir), suite.name):
         return _run_locked(suite, samples, plans, manifest, info, profile, note, profiles, results_dir, fresh,
-                           isolation, quiet, resolve_model)
+                           isolation, quiet, resolve_model, cluster)
 
 
 def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], manifest: dict[str, Any], info: Any,
                 profile: Any, note: str, profiles: Any, results_dir: Path, fresh: bool, isolation: str, quiet: bool,
-                resolve_model: Any) -> RunOutcome:
+                resolve_model: Any, cluster: Any = None) -> RunOutcome:
     """The run itself, holding the suite's lock: open or resume, run what is missing, write the summary."""
     from bench.display import cell_progress, console
 
@@ -287,14 +305,26 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
     writer = SampleWriter(run.samples_path)
     try:
         with cell_progress(quiet) as progress:
+            work = []
             for plan in plans:
                 todo = [s for s in samples if (plan.cell_id, s.id) not in done]
                 if not todo:
                     outcome.skipped_cells.append(plan.cell_id)
-                    continue
-                if _run_one_cell(suite, plan, todo, samples, writer, progress, profile, profiles, isolation,
-                                 quiet, resolve_model):
-                    outcome.errored_cells.append(plan.cell_id)
+                else:
+                    work.append((plan, todo))
+
+            def one(item: tuple[CellPlan, list[Sample]]) -> bool:
+                return _run_one_cell(suite, item[0], item[1], samples, writer, progress, profile, profiles,
+                                     isolation, quiet, resolve_model, cluster)
+
+            if cluster is None:  # this machine: one cell at a time, so no cell's timing disturbs another's
+                errored = [one(item) for item in work]
+            else:  # a cluster: every cell at once; each node takes one cell at a time (its hardware resource)
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(max_workers=max(len(work), 1)) as pool:
+                    errored = list(pool.map(one, work))
+            outcome.errored_cells += [plan.cell_id for (plan, _), bad in zip(work, errored) if bad]
     finally:
         writer.close()
     outcome.summary = write_summary(run, profile, _bandwidth(info, profile))
@@ -304,7 +334,7 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
 
 def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: list[Sample], writer: SampleWriter,
                   progress: Any, profile: Any, profiles: dict[str, Any], isolation: str, quiet: bool,
-                  resolve_model: Any) -> bool:
+                  resolve_model: Any, cluster: Any = None) -> bool:
     """Run one cell's remaining samples; returns True when any of them errored."""
     from bench.display import console
     from bench.results.schema import cell_label
@@ -312,8 +342,12 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
     label = cell_label(plan.cell)
     task_id = progress.add_task(label, total=len(samples), completed=len(samples) - len(todo), tps="")
     by_id = {s.id: s for s in todo}
-    state: dict[str, Any] = {"load": {}, "errored": False, "written": set(), "tokens": 0, "decode_s": 0.0}
-    cost_model = CostModel(plan, profile, profiles)
+    state: dict[str, Any] = {"load": {}, "errored": False, "written": set(), "tokens": 0, "decode_s": 0.0,
+                             "node": None}
+    on_cluster = cluster is not None and plan.backend.kind in LOCAL_KINDS
+    # a cell placed on other hardware is priced at that hardware's hour
+    cost_model = CostModel(plan, profiles.get(plan.cell.get("hardware"), profile) if on_cluster else profile,
+                           profiles)
 
     def write_error(message: str) -> None:
         for s in todo:
@@ -324,7 +358,9 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
                 progress.advance(task_id)
         state["errored"] = True
 
-    if plan.backend.kind == "fake" and plan.model_ref is not None:
+    if on_cluster:
+        pass  # the node resolves the model from its own cache
+    elif plan.backend.kind == "fake" and plan.model_ref is not None:
         from bench.models.resolve import ResolvedModel
 
         plan.model = ResolvedModel(id=plan.cell["model"], quantization=plan.cell["quantization"], path=Path(),
@@ -341,9 +377,17 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
         kind, payload = event
         if kind == "load":
             state["load"] = payload
+        elif kind == "node":
+            state["node"] = payload
+        elif kind == "retry":
+            console.print(f"[yellow]{label}: node lost, {payload}[/]")
         elif kind == "sample":
             sample = by_id[payload["request_id"]]
+            if sample.id in state["written"]:
+                return  # a retried task's repeat: the first answer stands
             row = make_row(suite, plan, sample, payload, state["load"], cost_model)
+            if state["node"] is not None:
+                row["node"] = state["node"]
             writer.write(row)
             state["written"].add(sample.id)
             state["errored"] |= bool(row["error"])
@@ -357,7 +401,16 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
             write_error(str(payload))
 
     requests = build_requests(suite, todo, plan.chat)
-    _spawn_cell(plan, requests, on_event, isolation)
+    if on_cluster:
+        from bench.executors.ray_cluster import run_cell_on_cluster
+
+        spec = None if plan.model_ref is None else {
+            "id": plan.cell["model"], "quantization": plan.cell["quantization"], "chat": plan.chat,
+            "ref": plan.model_ref.model_dump(mode="json")}
+        run_cell_on_cluster(cluster, plan.cell["hardware"], plan.backend.model_dump(), spec, requests, on_event,
+                            state["written"])
+    else:
+        _spawn_cell(plan, requests, on_event, isolation)
     if len(state["written"]) < len(todo):
         write_error("cell ended without an answer for this sample")
     if not quiet and not console.is_terminal:  # logs get one line per cell instead of a live bar

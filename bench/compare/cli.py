@@ -85,7 +85,12 @@ def run(args: argparse.Namespace) -> int:
     max_err = getattr(args, "max_error_rate", None)
     if max_err is not None and not (0 <= max_err <= 1):
         raise UserInputError(f"expected a share between 0 and 1, got {max_err}", field="--max-error-rate")
+    hw = getattr(args, "hardware", None)
+    if hw is not None and len(hw) != 2:
+        raise UserInputError(f"expected two profiles, BASELINE_HW,CANDIDATE_HW, got {','.join(hw)}",
+                             field="--hardware")
     result = compare(args.baseline, args.candidate, routing=routing, routing_path=args.routing,
+                     hardware=tuple(hw) if hw else None,
                      gate_speed=bool(args.gate_speed), strict=bool(getattr(args, "strict", False)),
                      max_error_rate=max_err)
     if args.markdown:

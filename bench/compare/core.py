@@ -279,10 +279,16 @@ def _side(c: CellData) -> dict[str, Any]:
 def compare(baseline: str | Path, candidate: str | Path, *, routing: dict[str, Any] | None = None,
             routing_path: str | None = None, gate_speed: bool = False,
             factor: float = DEFAULT_FACTOR, strict: bool = False,
-            max_error_rate: float | None = None) -> dict[str, Any]:
-    """Compare every task both sides ran. Raises UserInputError on bad input; the result's `exit_code` is 0 or 1."""
+            max_error_rate: float | None = None, hardware: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Compare every task both sides ran. Raises UserInputError on bad input; the result's `exit_code` is 0 or 1.
+
+    `hardware` (A, B) keeps the baseline's cells on profile A and the candidate's on profile B: with one run on both
+    sides, that sets two hardware profiles of one (distributed) run side by side."""
     base = load_side(baseline)
-    cand = base if Path(baseline).resolve() == Path(candidate).resolve() else load_side(candidate)
+    cand = load_side(candidate)
+    if hardware:
+        base = _on_hardware(base, hardware[0], "baseline")
+        cand = _on_hardware(cand, hardware[1], "candidate")
     names = sorted(set(base) & set(cand))
     if not names:
         raise UserInputError(f"no task in common: the baseline has {', '.join(sorted(base))}; "
@@ -320,6 +326,20 @@ def compare(baseline: str | Path, candidate: str | Path, *, routing: dict[str, A
         "notes": notes,
         "exit_code": 1 if failed else 0,
     }
+
+
+def _on_hardware(side: dict[str, TaskData], hw: str, which: str) -> dict[str, TaskData]:
+    """The side's tasks with only the cells that ran on hardware profile `hw`."""
+    out = {}
+    present = sorted({str(c.cell.get("hardware")) for t in side.values() for c in t.cells})
+    for name, t in side.items():
+        cells = [c for c in t.cells if c.cell.get("hardware") == hw]
+        if cells:
+            out[name] = TaskData(name=t.name, suite=t.suite, runs=t.runs, cells=cells, identities=t.identities)
+    if not out:
+        raise UserInputError(f"the {which} has no cell on hardware {hw!r}; present: {', '.join(present)}",
+                             field="--hardware")
+    return out
 
 
 def _compare_task(b: TaskData, c: TaskData, routing_tasks: dict[str, Any], gate_speed: bool, factor: float,

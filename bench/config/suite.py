@@ -308,9 +308,25 @@ class ModelRef(Strict):
 class MatrixConfig(Strict):
     models: list[ModelRef | str] = []
     backends: list[BackendConfig] = Field(default_factory=lambda: [LlamaCppBackendConfig(kind="llamacpp")])
+    hardware: list[str] = Field([], description="hardware profiles to cross the in-process cells with; each cell "
+                                "runs on a Ray node advertising that profile (needs --ray or executor: ray)")
+
+    @field_validator("hardware")
+    @classmethod
+    def _distinct_hardware(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("a hardware profile is listed twice")
+        return v
 
     def model_refs(self) -> list[ModelRef]:
         return [ModelRef(id=m) if isinstance(m, str) else m for m in self.models]
+
+
+class ExecutorConfig(Strict):
+    """Where cells run: `local` (this machine, the default) or `ray` (a Ray cluster at `address`)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="the Ray cluster's address; default: 'auto'")
 
 
 # ---------------------------------------------------------------- the suite
@@ -333,6 +349,7 @@ class Suite(Strict):
     limit: int | None = Field(None, gt=0, description="use at most this many samples")
     generation: GenerationConfig = GenerationConfig()
     matrix: MatrixConfig = MatrixConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
     # set by the loader
     path: Path | None = Field(None, exclude=True)

@@ -25,12 +25,18 @@ def write_summary(run: RunDir, profile: Any, bandwidth: tuple[float, str] | None
     for r in rows:
         first.setdefault(r["cell_id"], r)
     peak_tflops = getattr(profile, "peak_tflops_fp16", None) if profile is not None else None
+    run_profile = getattr(profile, "id", None)
     for cell in summary["cells"]:
         row = first[cell["cell_id"]]
         mb, params_m = row.get("model_bytes"), row.get("params_m")
         in_process = cell.get("locality") == "local" and cell["cell"]["backend"] != "openai"
         cell["model_bytes"] = mb
         cell["bandwidth_gbs"], cell["bandwidth_source"] = bandwidth if (bandwidth and in_process) else (None, None)
+        placed = cell["cell"].get("hardware")
+        if in_process and row.get("node") and placed != run_profile:  # ran on a Ray node of other hardware
+            other = _profile(placed)
+            figure = getattr(other, "memory_bandwidth_gbs", None)
+            cell["bandwidth_gbs"], cell["bandwidth_source"] = (float(figure), "profile") if figure else (None, None)
         if mb and cell["bandwidth_gbs"]:
             cell["decode_ceiling_tps"] = decode_ceiling_tps(cell["bandwidth_gbs"], mb)
             if cell.get("decode_tps"):
@@ -41,6 +47,16 @@ def write_summary(run: RunDir, profile: Any, bandwidth: tuple[float, str] | None
     _quantization_costs(summary, rows)
     write_json_atomic(run.summary_path, summary)
     return summary
+
+
+def _profile(profile_id: str | None) -> Any:
+    from bench.errors import UserInputError
+    from bench.hardware import get_profile
+
+    try:
+        return get_profile(profile_id) if profile_id else None
+    except (UserInputError, OSError):
+        return None
 
 
 def _quantization_costs(summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:

@@ -104,7 +104,10 @@ class SampleWriter:
     """Appends one JSON line per finished sample and flushes it to disk before returning."""
 
     def __init__(self, path: Path):
+        import threading
+
         self.path = path
+        self._lock = threading.Lock()  # cells streaming from a cluster write from several threads
         self._repair()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -138,8 +141,9 @@ class SampleWriter:
         if row.get("error"):
             row["error"] = redact_text(str(row["error"]))
         data = (json.dumps(row, default=str, ensure_ascii=False) + "\n").encode("utf-8")
-        os.write(self._fd, data)  # one write call per line, with O_APPEND
-        os.fsync(self._fd)
+        with self._lock:
+            os.write(self._fd, data)  # one write call per line, with O_APPEND
+            os.fsync(self._fd)
 
     def close(self) -> None:
         os.close(self._fd)
