@@ -98,5 +98,7 @@ def make_row(suite: Suite, plan: CellPlan, sample: Sample, gen: dict[str, Any], 
         "locality": plan.locality, "metric": metric, "retries": gen.get("retries", 0),
         "finish_reason": gen.get("finish_reason"), "concurrency": cost_model.concurrency,
         "token_logprobs": gen.get("token_logprobs"),
+        # the harness's own time in this request (sampling, detokenizing, stop checks), outside the token times
+        "harness_s": (gen.get("extra") or {}).get("harness_s"),
         "requantized": (getattr(plan.model, "provenance", None) or {}).get("requantized"),
     }

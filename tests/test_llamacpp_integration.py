@@ -110,3 +110,15 @@ matrix:
     assert "model failed to load" in err
     run = RunDir(next((tmp_path / "r" / "broken").iterdir()))
     assert all(r["error"] for r in run.samples())
+
+
+def test_the_harness_reports_its_own_time_apart_from_the_models(tmp_path) -> None:
+    """Token times are taken when llama.cpp returns; sampling and detokenizing are timed apart (harness_s)."""
+    res = tmp_path / "r"
+    assert main(["run", str(REPO / "suites" / "normalize.yaml"), "--limit", "3", "--results", str(res),
+                 "--isolation", "inline"]) == 0
+    rows = [json.loads(line) for line in next(res.rglob("samples.jsonl")).read_text().splitlines()]
+    assert all(isinstance(r["harness_s"], float) and r["harness_s"] >= 0 for r in rows)
+    assert all(r["harness_s"] < r["latency_s"] for r in rows)
+    cell = json.loads(next(res.rglob("summary.json")).read_text())["cells"][0]
+    assert cell["harness_s_per_token"] is not None and cell["harness_s_per_token"] >= 0

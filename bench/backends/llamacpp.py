@@ -129,6 +129,18 @@ class LlamaCppBackend:
         ptr = self._lc.llama_get_logits_ith(self.llm._ctx.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
 
+    def _sample(self, logits: np.ndarray, temperature: float, rng: Any) -> tuple[int, float]:
+        """The next token (greedy at temperature 0) and its log-probability under the model."""
+        z = logits.astype(np.float64)
+        z -= z.max()
+        logp = z - np.log(np.exp(z).sum())
+        if temperature > 0:
+            p = np.exp(logp / temperature)
+            tok = int(rng.choice(self._n_vocab, p=p / p.sum()))
+        else:
+            tok = int(np.argmax(logp))
+        return tok, float(logp[tok])
+
     def _prompt_tokens(self, req: Request) -> tuple[list[int], list[str]]:
         if self.formatter is not None:
             res = self.formatter(messages=req.messages)
@@ -154,41 +166,42 @@ class LlamaCppBackend:
         lc.llama_perf_context_reset(llm._ctx.ctx)
         t0 = time.perf_counter()
         llm.eval(tokens[prefix:])
+        now = time.perf_counter() - t0  # taken when the engine returns: sampling is the harness's time
         logits = self._logits()
-        gen.t_prefill_end = time.perf_counter() - t0
+        gen.t_prefill_end = now
         out: list[int] = []
         logprobs: list[float] = []
         text = ""
         finish = "length"
+        harness = 0.0
         while True:
-            z = logits.astype(np.float64)
-            z -= z.max()
-            logp = z - np.log(np.exp(z).sum())
-            if req.temperature > 0:
-                p = np.exp(logp / req.temperature)
-                tok = int(rng.choice(self._n_vocab, p=p / p.sum()))
-            else:
-                tok = int(np.argmax(logp))
-            now = time.perf_counter() - t0
+            h0 = time.perf_counter()
+            tok, logp = self._sample(logits, req.temperature, rng)
             if gen.t_first_token is None:
                 gen.t_first_token = now
             if lc.llama_vocab_is_eog(self._vocab, tok):
                 finish = "stop"
+                harness += time.perf_counter() - h0
                 break
             out.append(tok)
-            logprobs.append(float(logp[tok]))
+            logprobs.append(logp)
             gen.token_times.append(now)
             text = llm.detokenize(out).decode("utf-8", errors="ignore")
             hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
             if hit >= 0:
                 text = text[:hit]
                 finish = "stop"
+                harness += time.perf_counter() - h0
                 break
             if len(out) >= req.max_tokens:
+                harness += time.perf_counter() - h0
                 break
+            harness += time.perf_counter() - h0
             llm.eval([tok])
+            now = time.perf_counter() - t0
             logits = self._logits()
         gen.t_end = time.perf_counter() - t0
+        gen.extra["harness_s"] = harness
         gen.text = text
         gen.completion_tokens = len(out)
         gen.token_logprobs = logprobs

@@ -94,12 +94,20 @@ def summarize_cell(rows: list[dict[str, Any]], extra: dict[str, Any] | None = No
         if any(r.get("energy_j") is not None for r in ok) else None,
         "bandwidth_utilization": None,
         "decode_ceiling_tps": None,
+        "harness_s_per_token": _harness_per_token(ok),
         "latency_raw_s": [d["latency_s"] for d in derived],
         "ttft_raw_s": [d["ttft_s"] for d in derived],
     }
     if extra:
         out.update(extra)
     return out
+
+
+def _harness_per_token(rows: list[dict[str, Any]]) -> float | None:
+    """The harness's own seconds per generated token (sampling, detokenizing): small beside the model's."""
+    spent = [r["harness_s"] for r in rows if isinstance(r.get("harness_s"), (int, float))]
+    tokens = sum(r.get("completion_tokens") or 0 for r in rows if isinstance(r.get("harness_s"), (int, float)))
+    return sum(spent) / tokens if spent and tokens else None
 
 
 def build_summary(rows: list[dict[str, Any]], manifest: dict[str, Any],
