@@ -14,7 +14,13 @@ MASK = "***"
 SECRET_NAMES = ("api_key", "apikey", "api-key", "key", "access_token", "token", "auth", "authorization",
                 "password", "passwd", "pwd", "secret", "client_secret", "sig", "signature", "x-api-key",
                 "x-goog-api-key", "session", "sessionid", "code")
-_SECRET_KEY = re.compile(r"(^|[^a-z])(api_?key|password|passwd|secret|token|authorization|credential)($|[^a-z])")
+# mapping keys whose values are credentials: these names exactly, or ending in one of SECRET_SUFFIXES
+# ("max_tokens", "tokens_per_s" and "harness_s_per_token" are not)
+SECRET_KEYS = {"api_key", "apikey", "api-key", "x-api-key", "password", "passwd", "secret", "client_secret", "token",
+               "access_token", "auth_token", "refresh_token", "id_token", "bearer_token", "session_token",
+               "authorization", "credential", "credentials", "private_key"}
+SECRET_SUFFIXES = ("_api_key", "_apikey", "_password", "_secret", "_access_token", "_auth_token", "_refresh_token",
+                   "_private_key")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_-]{12,}|sk_live_[A-Za-z0-9]{12,}|AIza[0-9A-Za-z_-]{20,})\b")
@@ -51,8 +57,9 @@ def redact_text(text: str) -> str:
 
 
 def is_secret_key(key: str) -> bool:
+    """True for a mapping key that holds a credential (`api_key_env`, the name of a variable, is not one)."""
     k = key.lower()
-    return bool(_SECRET_KEY.search(k)) and not k.endswith("_env")
+    return k in SECRET_KEYS or k.endswith(SECRET_SUFFIXES)
 
 
 def redact(value: Any) -> Any:

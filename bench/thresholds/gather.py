@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from bench.errors import BenchError, UserInputError, did_you_mean
 from bench.registry import LOCAL_KINDS
 from bench.results.store import RunDir, find_runs
-
-SECRET_WORDS = ("api_key", "apikey", "password", "secret", "token", "authorization")
-# a key naming a credential as a word of its own: "token", "access_token", "api_key"; not "max_tokens"
-_SECRET_KEY = re.compile(r"(^|[^a-z])(" + "|".join(SECRET_WORDS) + r")($|[^a-z])")
 
 
 @dataclass
@@ -70,16 +64,10 @@ def parse_targets(items: list[str] | None) -> dict[str, float]:
 
 
 def _scrub(value: Any) -> Any:
-    """Drop anything that looks like a credential; strip user:password@ from URLs."""
-    if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()
-                if not (_SECRET_KEY.search(k.lower()) and not k.lower().endswith("_env"))}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    if isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
-        parts = urlsplit(value)
-        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-    return value
+    """Drop anything that looks like a credential; strip user:password@ from URLs (bench.redact's rules)."""
+    from bench.redact import redact
+
+    return redact(value)
 
 
 def _profile_hourly(profile_id: str | None) -> float | None:
