@@ -87,21 +87,19 @@ class GpuReader:
         except Exception:  # no driver, no GPU, no library: all mean "no GPU readings"
             self.handle = None
 
-    def used_mb(self) -> float | None:
+    def _memory_mb(self, which: str) -> float | None:
         if self.handle is None:
             return None
         try:
-            return self._nvml.nvmlDeviceGetMemoryInfo(self.handle).used / MB
+            return getattr(self._nvml.nvmlDeviceGetMemoryInfo(self.handle), which) / MB
         except Exception:
             return None
 
+    def used_mb(self) -> float | None:
+        return self._memory_mb("used")
+
     def total_mb(self) -> float | None:
-        if self.handle is None:
-            return None
-        try:
-            return self._nvml.nvmlDeviceGetMemoryInfo(self.handle).total / MB
-        except Exception:
-            return None
+        return self._memory_mb("total")
 
     def energy_mj(self) -> float | None:
         """Total energy since the driver loaded, in millijoules (Volta and newer)."""
