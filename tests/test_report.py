@@ -252,7 +252,10 @@ def test_no_runs_is_a_user_error(tmp_path: Path, capsys) -> None:
     with pytest.raises(UserInputError, match="no cells"):
         load_report_data([tmp_path / "s"])
     (run / "samples.jsonl").write_text('{"schema_version": 1}\n' + "garbage\n" + "{}\n")
-    with pytest.raises(UserInputError, match="line 2"):
+    with pytest.raises(UserInputError, match="line 1: a sample row needs cell"):  # a version alone is no row
+        load_report_data([tmp_path / "s"])
+    (run / "samples.jsonl").write_text("garbage\n" + "{}\n")
+    with pytest.raises(UserInputError, match="line 1 is not valid JSON"):
         load_report_data([tmp_path / "s"])
 
 
