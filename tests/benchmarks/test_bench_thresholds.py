@@ -36,4 +36,4 @@ def test_routing_document_from_1m_rows(benchmark: Any, task_1m: Any) -> None:
     benchmark.extra_info["rows"] = sum(len(t.rows) for t in task_1m.tiers)
     doc = benchmark.pedantic(thresholds.build, args=([task_1m],), rounds=1, iterations=1)
     entry = doc["tasks"]["tickets"]
-    assert entry["policy"]["status"] in ("meets_target", "target_unreachable") and entry["tiers"]
+    assert entry["policy"]["status"] in ("meets_target", "unreachable") and entry["tiers"]
