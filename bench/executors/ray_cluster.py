@@ -70,9 +70,15 @@ def node_info() -> dict[str, Any]:
         if n.get("NodeID") == ctx.get_node_id():
             advertised = next((k[len(RESOURCE_PREFIX):] for k in n.get("Resources", {})
                                if k.startswith(RESOURCE_PREFIX)), None)
+    from bench.hardware.probe import load_probe
+
     info = detect()
+    fp = fingerprint(info)
+    probe = load_probe(fp) or {}
     return {"host": socket.gethostname(), "node_id": ctx.get_node_id(), "advertised": advertised,
-            "fingerprint": fingerprint(info), "cpu": info.get("cpu_model")}
+            "fingerprint": fp, "cpu": info.get("cpu_model"),
+            # the node's own stored bandwidth probe (bench ray node measures one), for the cell's roofline
+            "bandwidth_gbs": probe.get("read_gbs") or probe.get("copy_gbs")}
 
 
 def _cell_events(backend_cfg: dict[str, Any], model_spec: dict[str, Any] | None, requests: list[Any]) -> Any:
@@ -122,7 +128,9 @@ def run_cell_on_cluster(ray: Any, hardware: str, backend_cfg: dict[str, Any], mo
         on_event(("fatal", f"unplaceable: no node of the Ray cluster offers hardware {hardware!r} "
                            f"(profiles present: {present}); start one with 'bench ray node --hardware {hardware}'"))
         return
-    remote = ray.remote(_cell_events).options(num_returns="streaming", num_cpus=1, max_retries=0,
+    gpus = 1 if backend_cfg.get("kind") == "vllm" or (backend_cfg.get("kind") == "llamacpp"
+                                                      and backend_cfg.get("n_gpu_layers")) else 0
+    remote = ray.remote(_cell_events).options(num_returns="streaming", num_cpus=1, num_gpus=gpus, max_retries=0,
                                              resources={RESOURCE_PREFIX + hardware: 1})
     last_error = ""
     for attempt in range(RETRIES + 1):

@@ -33,9 +33,11 @@ def write_summary(run: RunDir, profile: Any, bandwidth: tuple[float, str] | None
         cell["model_bytes"] = mb
         cell["bandwidth_gbs"], cell["bandwidth_source"] = bandwidth if (bandwidth and in_process) else (None, None)
         placed = cell["cell"].get("hardware")
-        if in_process and row.get("node") and placed != run_profile:  # ran on a Ray node of other hardware
-            other = _profile(placed)
-            figure = getattr(other, "memory_bandwidth_gbs", None)
+        node = row.get("node") if isinstance(row.get("node"), dict) else None
+        if in_process and node and node.get("bandwidth_gbs"):  # ran on a Ray node that probed its memory
+            cell["bandwidth_gbs"], cell["bandwidth_source"] = float(node["bandwidth_gbs"]), "node probe"
+        elif in_process and node and placed != run_profile:  # a Ray node of other hardware, without a probe
+            figure = getattr(_profile(placed), "memory_bandwidth_gbs", None)
             cell["bandwidth_gbs"], cell["bandwidth_source"] = (float(figure), "profile") if figure else (None, None)
         if mb and cell["bandwidth_gbs"]:
             cell["decode_ceiling_tps"] = decode_ceiling_tps(cell["bandwidth_gbs"], mb)
