@@ -198,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", required=True)
     t.set_defaults(func=_delegate("bench.thresholds.cli"))
 
+    sv = sub.add_parser("serve", help="serve a routing.json as an OpenAI-compatible API (model = task name)")
+    sv.add_argument("routing")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--log", help="append one JSON line per request to this file (production telemetry)")
+    sv.add_argument("--timeout", type=float, default=120.0, help="seconds a request may wait for its answer")
+    sv.add_argument("--trust-failed-holdout", action="store_true",
+                    help="follow a policy even where its holdout contradicted it (default: its fallback tier)")
+    sv.set_defaults(func=_delegate("bench.serve.app"))
+
     c = sub.add_parser("compare", help="compare a candidate run against a baseline; exit 1 on a regression")
     c.add_argument("baseline")
     c.add_argument("candidate")

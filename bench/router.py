@@ -194,7 +194,8 @@ class Router:
                     "score": (scored.scores.get(t["metric"]) if scored else 0.0) if reference is not None else None,
                     "cost_usd": None if error else cost_model.cost(gen),
                     "latency_s": derive(timings, gen.get("prompt_tokens") or 0, gen.get("completion_tokens") or 0)
-                    ["latency_s"], "error": error}
+                    ["latency_s"], "error": error,
+                    "prompt_tokens": gen.get("prompt_tokens"), "completion_tokens": gen.get("completion_tokens")}
             step["accepted"] = self.accept(task, cell, step["confidence"], step["verified"])
             steps.append(step)
             if step["accepted"]:
@@ -207,6 +208,11 @@ class Router:
                 "escalations": len(steps) - 1,
                 "cost_usd": None if any(c is None for c in costs) else sum(costs),
                 "latency_s": sum(s["latency_s"] or 0.0 for s in steps), "steps": steps}
+
+    def input_fields(self, task: str) -> list[str]:
+        """The suite's input fields for this task: what a calibrated request carries."""
+        rt = self._task(task).get("runtime") or {}
+        return list((rt.get("dataset") or {}).get("input_fields") or [])
 
     def close(self) -> None:
         """Close every loaded backend."""

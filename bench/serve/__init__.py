@@ -1,0 +1,1 @@
+"""The routing policy as a service: `bench serve` (app.py)."""

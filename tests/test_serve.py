@@ -1,0 +1,145 @@
+"""`bench serve`: the calibrated cascade behind an OpenAI-compatible API, its metrics and its errors.
+
+In-process tests use FastAPI's TestClient over fake tiers; one test starts `bench serve` as a real server on
+127.0.0.1 and drives it with the official `openai` client."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="bench serve needs the serve extra: pip install -e '.[serve]'")
+pytest.importorskip("prometheus_client", reason="bench serve needs the serve extra: pip install -e '.[serve]'")
+
+from tests.conftest import REPO, write_suite  # noqa: E402
+from tests.test_router import TWO_FAKE_TIERS, _profile  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def routing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bench.config import load_suite
+    from bench.runner import run_suite
+    from bench.thresholds.document import build, write
+    from bench.thresholds.gather import gather
+
+    tmp = tmp_path_factory.mktemp("serve")
+    rows = [{"id": f"t{i:02d}", "text": f"ticket number {i}", "label": "billing" if i % 3 else "technical"}
+            for i in range(160)]
+    suite = load_suite(write_suite(tmp / "suite", TWO_FAKE_TIERS, rows))
+    run_suite(suite, results_dir=tmp / "results", isolation="inline", quiet=True, hardware=_profile())
+    path = write(build(gather([tmp / "results"])), tmp / "routing.json")
+    doc = json.loads(path.read_text())
+    assert len(doc["tasks"]["route-fake"]["policy"]["chain"]) == 2  # a real cascade to serve
+    return path
+
+
+@pytest.fixture
+def client(routing: Path, tmp_path: Path):
+    from fastapi.testclient import TestClient
+
+    from bench.serve.app import create_app
+
+    app = create_app(routing, log_path=tmp_path / "requests.jsonl")
+    with TestClient(app) as c:
+        c.log_path = tmp_path / "requests.jsonl"
+        yield c
+
+
+def _ask(client, text: str, **extra):
+    return client.post("/v1/chat/completions", json={"model": "route-fake",
+                                                     "messages": [{"role": "user", "content": text}], **extra})
+
+
+def test_answers_name_the_tier_and_match_the_router(client, routing: Path) -> None:
+    from bench.router import Router
+
+    router = Router.load(routing)
+    seen_escalation = False
+    for i in range(40):
+        fields = {"text": f"ticket number {i}"}
+        r = _ask(client, json.dumps(fields))
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        ext = doc["bench"]
+        expected = router.run("route-fake", fields)
+        assert doc["choices"][0]["message"]["content"] == expected["answer"]
+        assert ext["tier"] == expected["cell"] == r.headers["X-Bench-Tier"]
+        assert ext["tiers_tried"] == expected["path"] and ext["escalations"] == int(r.headers["X-Bench-Escalations"])
+        assert ext["calibrated"] is True and set(ext["confidence"]) == set(ext["tiers_tried"])
+        seen_escalation |= ext["escalations"] > 0
+    router.close()
+    assert seen_escalation
+    metrics = client.get("/metrics").text
+    assert 'bench_requests_total{calibrated="true",task="route-fake"} 40.0' in metrics
+    answers = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith("bench_answers_total{"))
+    assert answers == 40
+    lines = client.log_path.read_text().splitlines()
+    assert len(lines) == 40 and all(json.loads(line)["task"] == "route-fake" for line in lines)
+
+
+def test_fields_in_the_body_and_free_text_outside_calibration(client) -> None:
+    r = client.post("/v1/chat/completions", json={"model": "route-fake", "messages": [{"role": "user",
+                                                  "content": "ignored"}], "bench_fields": {"text": "ticket 3"}})
+    assert r.status_code == 200 and r.json()["bench"]["calibrated"] is True
+    r = _ask(client, "my invoice is wrong, please help")
+    assert r.status_code == 200 and r.json()["bench"]["calibrated"] is False
+    assert r.headers["X-Bench-Calibrated"] == "false"
+    assert 'bench_requests_total{calibrated="false",task="route-fake"} 1.0' in client.get("/metrics").text
+
+
+def test_bad_requests_are_clear_4xx(client) -> None:
+    r = client.post("/v1/chat/completions", json={"model": "route-fak", "messages": [{"role": "user",
+                                                                                      "content": "x"}]})
+    assert r.status_code == 404 and "did you mean 'route-fake'" in r.json()["error"]["message"]
+    assert client.post("/v1/chat/completions", content=b"{not json").status_code == 400
+    assert client.post("/v1/chat/completions", json={"model": "route-fake"}).status_code == 400
+    assert client.post("/v1/chat/completions", json={"model": "route-fake", "messages": "hi"}).status_code == 400
+    assert client.post("/v1/chat/completions", json={"model": "route-fake", "messages": [{"role": "user",
+                       "content": "x"}], "bench_fields": {"nope": 1}}).status_code == 400
+    assert client.get("/v1/models").json()["data"][0]["id"] == "route-fake"
+    assert client.get("/health").json()["status"] == "ok"
+    assert 'bench_errors_total{kind="model_not_found",task="route-fak"} 1.0' in client.get("/metrics").text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_a_real_server_driven_by_the_openai_client(routing: Path) -> None:
+    openai = pytest.importorskip("openai", reason="the openai client is not installed")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "serve", str(routing), "--host", "127.0.0.1", "--port",
+                             str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=30)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert [m.id for m in client.models.list().data] == ["route-fake"]
+                break
+            except openai.APIConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        raw = client.chat.completions.with_raw_response.create(
+            model="route-fake", messages=[{"role": "user", "content": json.dumps({"text": "ticket number 7"})}])
+        reply = raw.parse()
+        assert reply.choices[0].message.content and raw.headers["x-bench-tier"]
+        assert reply.model_extra["bench"]["calibrated"] is True
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
