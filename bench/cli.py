@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--target", action="append", default=[], metavar="TASK=QUALITY")
     t.add_argument("--max-p95-latency", type=float, help="seconds; tiers slower at p95 are not eligible")
     t.add_argument("--format", choices=("bench", "litellm"), default="bench")
+    t.add_argument("--serve-url", metavar="URL", help="with --format litellm: point each task's model group at "
+                   "`bench serve` at this URL (e.g. http://127.0.0.1:8000/v1), which runs the real policy")
     t.add_argument("-o", "--output", required=True)
     t.set_defaults(func=_delegate("bench.thresholds.cli"))
 

@@ -140,6 +140,32 @@ def test_a_real_server_driven_by_the_openai_client(routing: Path) -> None:
         assert reply.model_extra["bench"]["calibrated"] is True
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+        _litellm_through_serve(routing, port)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _litellm_through_serve(routing: Path, port: int) -> None:
+    """LiteLLM, where installable, loads the exported config and completes one request through bench serve."""
+    import importlib.util
+
+    import yaml
+
+    from bench.cli import main
+
+    if importlib.util.find_spec("litellm") is None:
+        return  # the rest of the test stands; LiteLLM is optional
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of LiteLLM's price map from outside
+    os.environ.setdefault("BENCH_SERVE_KEY", "unused")
+    out = routing.parent / "routing-serve.json"
+    assert main(["thresholds", str(routing.parent / "results"), "--format", "litellm", "--serve-url",
+                 f"http://127.0.0.1:{port}/v1", "-o", str(out)]) == 0
+    config = yaml.safe_load(out.with_name("routing-serve.litellm.yaml").read_text())
+    assert config["bench"]["mode"] == "bench-serve"
+    import litellm
+
+    router = litellm.Router(model_list=config["model_list"])
+    reply = router.completion(model="route-fake", messages=[{"role": "user",
+                                                              "content": json.dumps({"text": "ticket number 5"})}])
+    assert reply.choices[0].message.content

@@ -77,10 +77,12 @@ def run(args: argparse.Namespace) -> int:
     path = write(doc, args.output)
     written = [str(path)]
     if getattr(args, "format", "bench") == "litellm":
-        from bench.thresholds.litellm import litellm_config, litellm_path
+        from bench.thresholds.litellm import litellm_config, litellm_path, litellm_serve_config
 
         lpath = litellm_path(path)
-        write_text_atomic(lpath, litellm_config(doc, source=Path(path).name))
+        serve_url = getattr(args, "serve_url", None)
+        write_text_atomic(lpath, litellm_serve_config(doc, serve_url, source=Path(path).name) if serve_url
+                          else litellm_config(doc, source=Path(path).name))
         written.append(str(lpath))
     for line, style in summary_lines(doc):
         console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)

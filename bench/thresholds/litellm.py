@@ -96,3 +96,27 @@ def litellm_path(routing_path: str | Path) -> Path:
     """routing.json -> routing.litellm.yaml, next to it."""
     p = Path(routing_path)
     return p.with_name(p.stem + ".litellm.yaml")
+
+
+SERVE_HEADER = """\
+# LiteLLM router configuration written by `bench thresholds --format litellm --serve-url URL` from {source}.
+#
+# Each task's model group points at `bench serve {source}` at {url}: bench applies the calibrated policy (accept or
+# escalate on confidence and verification, the holdout fallback), so what this gateway deploys is the policy whose
+# quality, cost and escalation rate routing.json's `expected` reports. Send requests with the task's input fields
+# (`bench_fields`, or a JSON object as the user message) to stay on the calibrated path.
+"""
+
+
+def litellm_serve_config(doc: dict[str, Any], serve_url: str, source: str = "routing.json") -> str:
+    """YAML text: one model group per task, each an OpenAI-compatible deployment of `bench serve`."""
+    from bench.redact import redact_url
+
+    model_list = [{"model_name": task, "litellm_params": {"model": f"openai/{task}", "api_base": serve_url,
+                                                           "api_key": "os.environ/BENCH_SERVE_KEY"},
+                   "model_info": {"bench_task": task, "bench_status": doc["tasks"][task].get("status")}}
+                  for task in sorted(doc["tasks"])]
+    config = {"model_list": model_list, "router_settings": {"num_retries": 0},
+              "bench": {"mode": "bench-serve", "source": source, "serve_url": redact_url(serve_url)}}
+    return SERVE_HEADER.format(source=source, url=redact_url(serve_url)) + yaml.safe_dump(
+        config, sort_keys=False, allow_unicode=True, width=100)
