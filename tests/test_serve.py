@@ -169,3 +169,46 @@ def _litellm_through_serve(routing: Path, port: int) -> None:
     reply = router.completion(model="route-fake", messages=[{"role": "user",
                                                               "content": json.dumps({"text": "ticket number 5"})}])
     assert reply.choices[0].message.content
+
+
+def test_a_dead_upstream_escalates_then_502_and_never_hangs(routing: Path, tmp_path: Path) -> None:
+    """Both tiers behind real OpenAI-compatible servers on 127.0.0.1; the cheap one dies: its requests escalate;
+    then the other dies too: 502 with the reason, within the timeout."""
+    from fastapi.testclient import TestClient
+
+    from bench.serve.app import create_app
+
+    try:
+        from tests.servers.fault_server import FaultServer
+    except ImportError:
+        from servers.fault_server import FaultServer
+
+    cheap, strong = FaultServer().start(), FaultServer().start()
+    try:
+        doc = json.loads(routing.read_text())
+        tiers = doc["tasks"]["route-fake"]["tiers"]
+        for tier, srv in zip(tiers, (cheap, strong)):  # cheapest first
+            tier["runtime"]["backend"] = {"kind": "openai", "name": tier["cell"], "base_url": srv.url,
+                                          "model": "m", "locality": "local", "max_retries": 0, "timeout_s": 2.0}
+        edited = tmp_path / "routing.json"
+        edited.write_text(json.dumps(doc))
+        with TestClient(create_app(edited, timeout_s=20)) as client:
+            ok = _ask(client, json.dumps({"text": "ticket 1"}))
+            assert ok.status_code == 200  # the upstream's answer is no label: unverified, so it escalated
+            assert ok.json()["bench"]["escalations"] == 1
+            cheap.stop()
+            t0 = time.monotonic()
+            r = _ask(client, json.dumps({"text": "ticket 2"}))
+            assert r.status_code == 200 and r.json()["bench"]["tier"] == tiers[1]["cell"]
+            assert r.json()["bench"]["tiers_tried"] == [tiers[0]["cell"], tiers[1]["cell"]]
+            strong.stop()
+            r = _ask(client, json.dumps({"text": "ticket 3"}))
+            assert r.status_code == 502 and "every tier failed" in r.json()["error"]["message"]
+            assert time.monotonic() - t0 < 20
+            assert 'bench_errors_total{kind="upstream_error",task="route-fake"} 1.0' in client.get("/metrics").text
+    finally:
+        for srv in (cheap, strong):
+            try:
+                srv.stop()
+            except Exception:
+                pass
