@@ -164,6 +164,9 @@ class Router:
             raise UserInputError(f"task {task!r} has no runtime section (the runs held no suite config)",
                                  file=self.path, field=f"tasks.{task}.runtime")
         chain = self.chain(task) or [self.first(task)]
+        kinds = self.sensitive(task, " ".join(str(v) for v in sample.values() if isinstance(v, (str, int, float))))
+        if kinds:
+            chain = self.local_chain(task, chain)
         ds = rt["dataset"]
         options = TypeAdapter(TaskConfig).validate_python(rt["task"])
         kind = get_task(options.kind)
@@ -205,9 +208,29 @@ class Router:
         return {"task": task, "answer": final["output"], "parsed": final["parsed"], "cell": final["cell"],
                 "path": [s["cell"] for s in steps], "confidence": {s["cell"]: s["confidence"] for s in steps},
                 "verified": final["verified"], "score": final["score"], "error": final["error"],
-                "escalations": len(steps) - 1,
+                "escalations": len(steps) - 1, "personal_data": kinds,
                 "cost_usd": None if any(c is None for c in costs) else sum(costs),
                 "latency_s": sum(s["latency_s"] or 0.0 for s in steps), "steps": steps}
+
+    def sensitive(self, task: str, text: str) -> list[str]:
+        """The kinds of personal data in a request's text (bench.routers.sensitivity, plus the suite's patterns)."""
+        from bench.routers.sensitivity import personal_data
+
+        return personal_data(text, (self._task(task).get("runtime") or {}).get("personal_data") or [])
+
+    def local_chain(self, task: str, chain: list[str]) -> list[str]:
+        """The tiers of `chain` that may see personal data: local and on-prem ones only."""
+        from bench.thresholds.calibrate import ON_PREMISES
+
+        allowed = [c for c in chain if self._tier(task, c).get("locality") in ON_PREMISES]
+        if allowed:
+            return allowed
+        eligible = [t["cell"] for t in self._task(task)["tiers"] if t.get("locality") in ON_PREMISES
+                    and t.get("eligible", True)]
+        if not eligible:
+            raise UserInputError(f"the request holds personal data, which may only go to local or on-prem tiers, "
+                                 f"and task {task!r} has none", field="tasks." + task)
+        return eligible[-1:]  # the strongest local tier (tiers are cheapest first)
 
     def input_fields(self, task: str) -> list[str]:
         """The suite's input fields for this task: what a calibrated request carries."""

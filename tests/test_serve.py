@@ -212,3 +212,42 @@ def test_a_dead_upstream_escalates_then_502_and_never_hangs(routing: Path, tmp_p
                 srv.stop()
             except Exception:
                 pass
+
+
+@pytest.mark.parametrize("text, kinds", [
+    ("Contact ana@example.com", ["email"]), ("due 2026-04-09, amount 450.00", []),
+    ("call +44 20 7946 0958", ["phone"]), ("call (415) 555-0123", ["phone"]),
+    ("card 4111 1111 1111 1111", ["card"]), ("card 4111 1111 1111 1112", []),
+    ("IBAN GB82 WEST 1234 5698 7654 32", ["iban"]), ("IBAN GB82 WEST 1234 5698 7654 33", []),
+    ("invoice INV-2026-0690, order 12345678", []),
+])
+def test_personal_data_rule(text: str, kinds: list[str]) -> None:
+    from bench.routers.sensitivity import personal_data
+
+    assert personal_data(text) == kinds
+    assert personal_data("patient P-1234", [r"P-\d{4}"]) == ["pattern:0"]
+
+
+def test_personal_data_stays_on_local_tiers_or_is_refused(routing: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from bench.serve.app import create_app
+
+    doc = json.loads(routing.read_text())
+    tiers = doc["tasks"]["route-fake"]["tiers"]
+    tiers[0]["locality"] = "cloud"  # the cheap tier becomes a cloud one
+    edited = tmp_path / "routing.json"
+    edited.write_text(json.dumps(doc))
+    with TestClient(create_app(edited)) as client:
+        plain = _ask(client, json.dumps({"text": "my order is late"}))
+        assert plain.json()["bench"]["tiers_tried"][0] == tiers[0]["cell"]  # no personal data: the cascade
+        r = _ask(client, json.dumps({"text": "my order is late, write to ana@example.com"}))
+        assert r.status_code == 200 and r.json()["bench"]["tiers_tried"] == [tiers[1]["cell"]]
+        assert r.json()["bench"]["personal_data"] == ["email"]
+        assert 'bench_personal_data_requests_total{kind="email",task="route-fake"} 1.0' in client.get("/metrics").text
+    for tier in tiers:
+        tier["locality"] = "cloud"
+    edited.write_text(json.dumps(doc))
+    with TestClient(create_app(edited)) as client:
+        r = _ask(client, json.dumps({"text": "card 4111 1111 1111 1111 was charged twice"}))
+        assert r.status_code == 422 and "local or on-prem" in r.json()["error"]["message"]

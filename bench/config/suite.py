@@ -342,6 +342,19 @@ class Suite(Strict):
     target: float = Field(..., description="the quality the task needs, on the metric's scale")
     tolerance: float = Field(0.02, ge=0, description="a drop beyond this is a regression in 'bench compare'")
     sensitive: bool = Field(False, description="data must stay on local or on-prem tiers")
+    personal_data: list[str] = Field([], description="extra regular expressions marking a request as holding "
+                                     "personal data (beside e-mail, phone, card and IBAN): such a request is routed "
+                                     "only to local or on-prem tiers")
+
+    @field_validator("personal_data")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+        return v
     max_p95_latency_s: float | None = Field(None, gt=0)
     min_samples: int = Field(30, ge=1, description="fewer scored samples than this decide nothing: "
                              "insufficient_data, never meets_target")

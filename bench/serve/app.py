@@ -44,6 +44,8 @@ class Metrics:
         self.tokens = Counter("bench_tokens", "tokens per task and tier", ["task", "tier", "kind"],
                               registry=self.registry)
         self.errors = Counter("bench_errors", "failed requests by kind", ["task", "kind"], registry=self.registry)
+        self.personal = Counter("bench_personal_data_requests", "requests holding personal data, kept on local "
+                                "or on-prem tiers", ["task", "kind"], registry=self.registry)
         self.latency = Histogram("bench_request_latency_seconds", "end-to-end latency", ["task"],
                                  registry=self.registry)
         self.tier_latency = Histogram("bench_tier_latency_seconds", "latency of each tier tried", ["tier"],
@@ -154,6 +156,8 @@ def create_app(routing: str | Path, *, log_path: str | Path | None = None, timeo
             result = await asyncio.wait_for(asyncio.to_thread(answer, task, fields), timeout=timeout_s)
         except asyncio.TimeoutError:
             return error(504, f"no answer within {timeout_s:g} s", "timeout", task)
+        except UserInputError as exc:  # personal data and no local tier to take it
+            return error(422, exc.message, "personal_data_no_local_tier", task)
         except Exception as exc:  # a tier that cannot even start (a missing model, a bad upstream)
             return error(502, f"the routing could not answer: {type(exc).__name__}: {exc}", "upstream_error", task)
         latency = time.perf_counter() - t0
@@ -162,10 +166,13 @@ def create_app(routing: str | Path, *, log_path: str | Path | None = None, timeo
             metrics.tokens.labels(task, step["cell"], "prompt").inc(step.get("prompt_tokens") or 0)
             metrics.tokens.labels(task, step["cell"], "completion").inc(step.get("completion_tokens") or 0)
         metrics.escalations.labels(task).inc(result["escalations"])
+        for kind in result.get("personal_data") or []:
+            metrics.personal.labels(task, kind).inc()
         metrics.latency.labels(task).observe(latency)
         ext = {"task": task, "tier": result["cell"], "tiers_tried": result["path"], "confidence": result["confidence"],
                "escalations": result["escalations"], "verified": result["verified"], "calibrated": calibrated,
-               "fallback": router.overridden(task), "cost_usd": result["cost_usd"], "latency_s": latency}
+               "fallback": router.overridden(task), "personal_data": result.get("personal_data") or [],
+               "cost_usd": result["cost_usd"], "latency_s": latency}
         log({"id": None, "time": time.time(), **ext,
              "tokens": {s["cell"]: [s.get("prompt_tokens"), s.get("completion_tokens")] for s in result["steps"]},
              "error": result["error"]})

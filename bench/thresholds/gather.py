@@ -109,7 +109,8 @@ def _runtime(suite: dict[str, Any]) -> dict[str, Any] | None:
     ds = config.get("dataset") or {}
     return {"task": config.get("task"), "prompt": config.get("prompt"), "generation": config.get("generation"),
             "dataset": {"id_field": ds.get("id_field", "id"), "input_fields": ds.get("input_fields", []),
-                        "reference_field": ds.get("reference_field")}}
+                        "reference_field": ds.get("reference_field")},
+            "personal_data": list(config.get("personal_data") or [])}
 
 
 def _build_task(name: str, runs: list[tuple[RunDir, dict[str, Any]]], targets: dict[str, float],
