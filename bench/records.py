@@ -100,5 +100,7 @@ def make_row(suite: Suite, plan: CellPlan, sample: Sample, gen: dict[str, Any], 
         "token_logprobs": gen.get("token_logprobs"),
         # the harness's own time in this request (sampling, detokenizing, stop checks), outside the token times
         "harness_s": (gen.get("extra") or {}).get("harness_s"),
+        # other processes' CPU while this sample ran (bench.measure.contention): a contended timing is flagged
+        "contention": (gen.get("extra") or {}).get("contention"),
         "requantized": (getattr(plan.model, "provenance", None) or {}).get("requantized"),
     }

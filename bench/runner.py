@@ -234,7 +234,8 @@ def _shown_path(path: Path | None) -> str:
 def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: list[str] | None = None,
               limit: int | None = None,
               hardware: str | None = None, results_dir: Path = Path("results"), fresh: bool = False,
-              isolation: str = "process", quiet: bool = False, ray: str | None = None) -> RunOutcome:
+              isolation: str = "process", quiet: bool = False, ray: str | None = None,
+              require_quiet: bool = False) -> RunOutcome:
     """Run every cell of the suite's matrix on every sample not already stored; write the summary."""
     from bench.models.resolve import resolve_model
 
@@ -280,12 +281,12 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: l
     }
     with SuiteLock(Path(results_dir), suite.name):
         return _run_locked(suite, samples, plans, manifest, info, profile, note, profiles, results_dir, fresh,
-                           isolation, quiet, resolve_model, cluster)
+                           isolation, quiet, resolve_model, cluster, require_quiet)
 
 
 def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], manifest: dict[str, Any], info: Any,
                 profile: Any, note: str, profiles: Any, results_dir: Path, fresh: bool, isolation: str, quiet: bool,
-                resolve_model: Any, cluster: Any = None) -> RunOutcome:
+                resolve_model: Any, cluster: Any = None, require_quiet: bool = False) -> RunOutcome:
     """The run itself, holding the suite's lock: open or resume, run what is missing, write the summary."""
     from bench.display import cell_progress, console
 
@@ -314,6 +315,8 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
                     work.append((plan, todo))
 
             def one(item: tuple[CellPlan, list[Sample]]) -> bool:
+                if require_quiet and cluster is None and not _quiet_enough(item[0], quiet):
+                    return _refuse_noisy(suite, item[0], item[1], writer, profile, profiles)
                 return _run_one_cell(suite, item[0], item[1], samples, writer, progress, profile, profiles,
                                      isolation, quiet, resolve_model, cluster)
 
@@ -333,6 +336,31 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
 
 
 LOG_EVERY_S = 30.0
+QUIET_WAIT_S = 60.0
+
+
+def _quiet_enough(plan: CellPlan, quiet: bool) -> bool:
+    """--require-quiet: wait up to QUIET_WAIT_S for other processes to leave the CPU alone."""
+    from bench.display import console
+    from bench.measure.contention import wait_for_quiet
+
+    if plan.backend.kind not in LOCAL_KINDS or plan.backend.kind == "fake":
+        return True
+    w = wait_for_quiet(QUIET_WAIT_S)
+    if w["contended"] and not quiet:
+        console.print(f"machine not quiet: other processes used {w['others_cores']:.2f} cores", markup=False)
+    return not w["contended"]
+
+
+def _refuse_noisy(suite: Suite, plan: CellPlan, todo: list[Sample], writer: SampleWriter, profile: Any,
+                  profiles: dict[str, Any]) -> bool:
+    """The cell is not timed on a busy machine: its samples become error rows, and a rerun tries again."""
+    cost_model = CostModel(plan, profile, profiles)
+    for s in todo:
+        gen = {"request_id": s.id, "error": f"--require-quiet: other processes kept the CPU busy for "
+                                            f"{QUIET_WAIT_S:g} s; not timed"}
+        writer.write(make_row(suite, plan, s, gen, {}, cost_model))
+    return True
 
 
 def _log_progress(state: dict[str, Any], label: str, done: int, total: int, tps: float, quiet: bool) -> None:

@@ -37,6 +37,9 @@ def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list
             "params_m": getattr(model, "params_m", None),
             "gpu_mb": info.gpu_mb, "n_threads": info.n_threads, "details": info.details}
     send(("load", load))
+    from bench.measure.contention import ContentionMeter
+
+    meter = ContentionMeter()
     sampler.window()
     last_energy = [sampler.gpu.energy_mj(), rapl_energy_uj()]
     batch_energy: list[float | None] = []  # for engines whose results all arrive when the batch ends
@@ -53,6 +56,7 @@ def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list
 
     def on_result(gen: Generation) -> None:
         gen.rss_peak_mb, gen.gpu_peak_mb = sampler.window()
+        gen.extra["contention"] = meter.window()
         share = gen.extra.get("batch_share")
         if share is None:
             gen.energy_j = energy_since_last()

@@ -95,6 +95,7 @@ def summarize_cell(rows: list[dict[str, Any]], extra: dict[str, Any] | None = No
         "bandwidth_utilization": None,
         "decode_ceiling_tps": None,
         "harness_s_per_token": _harness_per_token(ok),
+        **_contention(ok),
         "latency_raw_s": [d["latency_s"] for d in derived],
         "ttft_raw_s": [d["ttft_s"] for d in derived],
     }
@@ -108,6 +109,16 @@ def _harness_per_token(rows: list[dict[str, Any]]) -> float | None:
     spent = [r["harness_s"] for r in rows if isinstance(r.get("harness_s"), (int, float))]
     tokens = sum(r.get("completion_tokens") or 0 for r in rows if isinstance(r.get("harness_s"), (int, float)))
     return sum(spent) / tokens if spent and tokens else None
+
+
+def _contention(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether other processes took CPU while the cell ran: its timings and cost are then not to be trusted."""
+    windows = [r["contention"] for r in rows if isinstance(r.get("contention"), dict)]
+    if not windows:
+        return {"contended": None, "contended_share": None, "others_cores_mean": None}
+    share = sum(bool(w.get("contended")) for w in windows) / len(windows)
+    return {"contended": share > 0.1, "contended_share": share,
+            "others_cores_mean": sum(float(w.get("others_cores") or 0) for w in windows) / len(windows)}
 
 
 def build_summary(rows: list[dict[str, Any]], manifest: dict[str, Any],

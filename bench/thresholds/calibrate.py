@@ -49,6 +49,7 @@ class TierStats:
     latency_p95_s: float | None
     meets_target: bool
     samples_needed: int | None      # about how many calibration samples would decide meets_target
+    contended: bool | None          # other processes took CPU while it ran: its latency and cost are suspect
     confidence_available: bool
     errors: int
     excluded_because: list[str] = field(default_factory=list)
@@ -148,8 +149,14 @@ def _stats(task: TaskData, t: Tier, cal_ids: list[str], hold_ids: list[str]) -> 
         cost_per_1k_usd=sum(costs) / len(costs) * 1000 if costs else None,
         latency_mean_s=sum(lats) / len(lats) if lats else None, latency_p95_s=percentile(lats, 95),
         meets_target=decided, samples_needed=needed,
+        contended=_contended(ok),
         confidence_available=any(r.get("confidence") is not None for r in ok),
         errors=sum(1 for r in cal_rows if r.get("error")))
+
+
+def _contended(rows: list[dict[str, Any]]) -> bool | None:
+    windows = [r["contention"] for r in rows if isinstance(r.get("contention"), dict)]
+    return sum(bool(w.get("contended")) for w in windows) / len(windows) > 0.1 if windows else None
 
 
 def _exclusions(task: TaskData, s: TierStats) -> list[str]:

@@ -108,7 +108,7 @@ def _tiers(cal: Calibrated, choice: Choice) -> list[dict[str, Any]]:
             "quality": _q(s.quality), "quality_holdout": _q(s.quality_holdout),
             "cost_per_1k_usd": s.cost_per_1k_usd, "latency_p95_s": s.latency_p95_s,
             "latency_mean_s": s.latency_mean_s, "meets_target": s.meets_target,
-            "samples_needed": s.samples_needed,
+            "samples_needed": s.samples_needed, "contended": s.contended,
             "accept_if": _accept_if(cal, choice, i), "locality": t.locality, "eligible": s.eligible,
             "excluded_because": s.excluded_because or None, "confidence_available": s.confidence_available,
             "errors": s.errors,
