@@ -49,10 +49,10 @@ class TierStats:
     latency_p95_s: float | None
     meets_target: bool
     samples_needed: int | None      # about how many calibration samples would decide meets_target
-    contended: bool | None          # other processes took CPU while it ran: its latency and cost are suspect
     confidence_available: bool
     errors: int
     excluded_because: list[str] = field(default_factory=list)
+    contended: bool | None = None   # other processes took CPU while it ran: its latency and cost are suspect
 
     @property
     def eligible(self) -> bool:
