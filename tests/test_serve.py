@@ -115,60 +115,75 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.integration
-def test_a_real_server_driven_by_the_openai_client(routing: Path) -> None:
-    openai = pytest.importorskip("openai", reason="the openai client is not installed")
+@pytest.fixture(scope="module")
+def served(routing: Path):
+    """`bench serve` over the fake routing as a real server on 127.0.0.1; yields its base URL."""
+    import httpx
+
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "bench", "serve", str(routing), "--host", "127.0.0.1", "--port",
                              str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=30)
         deadline = time.monotonic() + 60
         while True:
             try:
-                assert [m.id for m in client.models.list().data] == ["route-fake"]
-                break
-            except openai.APIConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.3)
-        raw = client.chat.completions.with_raw_response.create(
-            model="route-fake", messages=[{"role": "user", "content": json.dumps({"text": "ticket number 7"})}])
-        reply = raw.parse()
-        assert reply.choices[0].message.content and raw.headers["x-bench-tier"]
-        assert reply.model_extra["bench"]["calibrated"] is True
-        with pytest.raises(openai.NotFoundError):
-            client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
-        _litellm_through_serve(routing, port)
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"bench serve exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("bench serve did not answer /health within 60 s")
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def _litellm_through_serve(routing: Path, port: int) -> None:
-    """LiteLLM, where installable, loads the exported config and completes one request through bench serve."""
-    import importlib.util
+@pytest.mark.integration
+def test_a_real_server_driven_by_the_openai_client(served: str) -> None:
+    openai = pytest.importorskip("openai", reason="the openai client is not installed")
+    client = openai.OpenAI(base_url=served, api_key="unused", max_retries=0, timeout=30)
+    assert [m.id for m in client.models.list().data] == ["route-fake"]
+    raw = client.chat.completions.with_raw_response.create(
+        model="route-fake", messages=[{"role": "user", "content": json.dumps({"text": "ticket number 7"})}])
+    reply = raw.parse()
+    assert reply.choices[0].message.content and raw.headers["x-bench-tier"]
+    assert reply.model_extra["bench"]["calibrated"] is True
+    stream = client.chat.completions.create(model="route-fake", stream=True, messages=[
+        {"role": "user", "content": json.dumps({"text": "ticket number 7"})}])
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
+    assert chunks[-1].model_extra["bench"]["tier"] == raw.headers["x-bench-tier"]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
 
+
+@pytest.mark.integration
+def test_litellm_loads_the_export_and_answers_through_serve(routing: Path, served: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiteLLM, where installable, loads the exported config and completes one request through bench serve."""
     import yaml
 
     from bench.cli import main
 
-    if importlib.util.find_spec("litellm") is None:
-        return  # the rest of the test stands; LiteLLM is optional
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of LiteLLM's price map from outside
-    os.environ.setdefault("BENCH_SERVE_KEY", "unused")
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of LiteLLM's price map from outside
+    monkeypatch.setenv("BENCH_SERVE_KEY", "unused")
+    litellm = pytest.importorskip("litellm", reason="LiteLLM is not installed (pip install litellm)")
     out = routing.parent / "routing-serve.json"
     assert main(["thresholds", str(routing.parent / "results"), "--format", "litellm", "--serve-url",
-                 f"http://127.0.0.1:{port}/v1", "-o", str(out)]) == 0
+                 served, "-o", str(out)]) == 0
     config = yaml.safe_load(out.with_name("routing-serve.litellm.yaml").read_text())
     assert config["bench"]["mode"] == "bench-serve"
-    import litellm
-
+    assert [m["model_name"] for m in config["model_list"]] == ["route-fake"]
     router = litellm.Router(model_list=config["model_list"])
     reply = router.completion(model="route-fake", messages=[{"role": "user",
                                                               "content": json.dumps({"text": "ticket number 5"})}])
     assert reply.choices[0].message.content
+    assert reply.model_extra["bench"]["calibrated"] is True  # the extension field passes through LiteLLM
 
 
 def test_a_dead_upstream_escalates_then_502_and_never_hangs(routing: Path, tmp_path: Path) -> None:

@@ -112,8 +112,8 @@ async def cascade(router: Any, gates: Gates, job: Any, cells: list[str], deadlin
         try:
             step = dict(await asyncio.wait_for(asyncio.shield(fut), max(0.0, budget - (time.monotonic() - t0))))
             step["wall_s"] = time.monotonic() - t0
-            if step.get("error"):
-                step["error_kind"] = "upstream_error"
+            if step.get("error"):  # a failed call is never accepted, whatever the tier's rule: escalate
+                step["error_kind"], step["accepted"] = "upstream_error", False
         except asyncio.TimeoutError:
             step = _failed(cell, "timeout", f"tier {cell} gave no answer within {budget:.3g} s",
                            time.monotonic() - t0)
