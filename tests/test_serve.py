@@ -6,9 +6,6 @@ In-process tests use FastAPI's TestClient over fake tiers; one test starts `benc
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +15,8 @@ import pytest
 pytest.importorskip("fastapi", reason="bench serve needs the serve extra: pip install -e '.[serve]'")
 pytest.importorskip("prometheus_client", reason="bench serve needs the serve extra: pip install -e '.[serve]'")
 
-from tests.conftest import REPO, write_suite  # noqa: E402
+from tests.conftest import write_suite  # noqa: E402
+from tests.servers.processes import free_port, running_process  # noqa: E402
 from tests.test_router import TWO_FAKE_TIERS, _profile  # noqa: E402
 
 
@@ -109,38 +107,13 @@ def test_bad_requests_are_clear_4xx(client) -> None:
     assert 'bench_errors_total{kind="model_not_found",task="route-fak"} 1.0' in client.get("/metrics").text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(routing: Path):
+def served(routing: Path, tmp_path_factory: pytest.TempPathFactory):
     """`bench serve` over the fake routing as a real server on 127.0.0.1; yields its base URL."""
-    import httpx
-
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "serve", str(routing), "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"bench serve exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("bench serve did not answer /health within 60 s")
-            time.sleep(0.3)
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench", "serve", str(routing), "--host", "127.0.0.1", "--port", str(port)]
+    with running_process(cmd, f"http://127.0.0.1:{port}/health", tmp_path_factory.mktemp("served") / "serve.log"):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.integration

@@ -11,13 +11,10 @@ accept rule, the /metrics counts against the request log, then kills the cheap u
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,55 +22,20 @@ import pytest
 pytest.importorskip("fastapi", reason="bench serve needs the serve extra: pip install -e '.[serve]'")
 pytest.importorskip("prometheus_client", reason="bench serve needs the serve extra: pip install -e '.[serve]'")
 
-from tests.conftest import REPO  # noqa: E402
+from tests.servers.processes import free_port, running_process  # noqa: E402
 from tests.test_openai_backend import _gguf  # noqa: E402
-from tests.test_serve import _free_port, routing  # noqa: E402, F401  (routing: the fixture)
+from tests.test_serve import routing  # noqa: E402, F401  (the fixture)
 
 pytestmark = pytest.mark.integration
 
 
-def _wait_until(url: str, proc: subprocess.Popen, log: Path, within_s: float = 90) -> None:
-    import httpx
-
-    deadline = time.monotonic() + within_s
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"{' '.join(map(str, proc.args[:4]))} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{url} did not answer within {within_s:g} s:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.25)
-
-
-@contextmanager
-def _process(cmd: list[str], ready_url: str, log: Path):
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
-        try:
-            _wait_until(ready_url, proc, log)
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=15)
-
-
 def _llama(tmp: Path, name: str):
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "bench.backends.llamacpp_server", "--model", _gguf(), "--model_alias", "smollm2",
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1",
            "--chat_format", "chatml", "--interrupt_requests", "False"]
-    return _process(cmd, f"http://127.0.0.1:{port}/v1/models", tmp / f"{name}.log"), f"http://127.0.0.1:{port}/v1"
+    return running_process(cmd, f"http://127.0.0.1:{port}/v1/models", tmp / f"{name}.log"), f"http://127.0.0.1:{port}/v1"
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -100,10 +62,10 @@ def test_serve_in_front_of_two_llama_servers(routing: Path, tmp_path: Path) -> N
         edited = tmp_path / "routing.json"
         edited.write_text(json.dumps(doc))
         cells = [t["cell"] for t in tiers]
-        port, log = _free_port(), tmp_path / "requests.jsonl"
+        port, log = free_port(), tmp_path / "requests.jsonl"
         serve_cmd = [sys.executable, "-m", "bench", "serve", str(edited), "--host", "127.0.0.1", "--port", str(port),
                      "--log", str(log), "--timeout", "90"]
-        with _process(serve_cmd, f"http://127.0.0.1:{port}/health", tmp_path / "serve.log") as serve:
+        with running_process(serve_cmd, f"http://127.0.0.1:{port}/health", tmp_path / "serve.log") as serve:
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0,
                                    timeout=120)
             assert [m.id for m in client.models.list().data] == ["route-fake"]
