@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ class Router:
         self._backends: dict[str, Any] = {}
         self._costs: dict[str, Any] = {}
         self._warned: set[str] = set()
+        self._load_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading and lookups
     @classmethod
@@ -105,8 +107,13 @@ class Router:
     def _backend(self, tier: dict[str, Any]) -> tuple[Any, Any]:
         """The loaded backend and cost model of a tier, created on first use."""
         cell = tier["cell"]
-        if cell in self._backends:
-            return self._backends[cell], self._costs[cell]
+        with self._load_lock:  # a service calls tiers from several threads: each backend loads once
+            if cell not in self._backends:
+                self._load_backend(tier)
+        return self._backends[cell], self._costs[cell]
+
+    def _load_backend(self, tier: dict[str, Any]) -> None:
+        cell = tier["cell"]
         from types import SimpleNamespace
 
         from pydantic import TypeAdapter
@@ -144,18 +151,34 @@ class Router:
         cost = CostModel(plan, price if local and hourly is not None else None,
                          {hw: price} if not local and hw and hourly is not None else {})
         self._backends[cell], self._costs[cell] = backend, cost
-        return backend, cost
 
     def run(self, task: str, sample: dict[str, Any]) -> dict[str, Any]:
         """Send one sample through the task's cascade; returns the answer, the tiers it took, confidences, cost.
 
         `sample` holds the suite's input fields; with the reference field too, the result carries its score."""
+        job = self.prepare(task, sample)
+        text = " ".join(str(v) for v in sample.values() if isinstance(v, (str, int, float)))
+        steps: list[dict[str, Any]] = []
+        for cell in self.plan(task, sample, text):
+            steps.append(self.step(job, cell))
+            if steps[-1]["accepted"]:
+                break
+        return self.result(job, steps) | {"personal_data": self.sensitive(task, text)}
+
+    def plan(self, task: str, fields: dict[str, Any] | None, text: str) -> list[str]:
+        """The tiers to try for this request, in order: the task's chain (or its fallback), kept to local and
+        on-prem tiers when the request holds personal data."""
+        chain = self.chain(task) or [self.first(task)]
+        return self.local_chain(task, chain) if self.sensitive(task, text) else chain
+
+    def prepare(self, task: str, sample: dict[str, Any]) -> Any:
+        """One sample made ready for `step`: the suite's prompt, task kind and reference, as in calibration."""
+        from types import SimpleNamespace
+
         from pydantic import TypeAdapter
 
         from bench.config.suite import GenerationConfig, PromptConfig, TaskConfig
         from bench.data import Sample
-        from bench.measure.timing import derive
-        from bench.runner import build_requests, confidence_of
         from bench.tasks import get_task
 
         t = self._task(task)
@@ -163,13 +186,8 @@ class Router:
         if not rt:
             raise UserInputError(f"task {task!r} has no runtime section (the runs held no suite config)",
                                  file=self.path, field=f"tasks.{task}.runtime")
-        chain = self.chain(task) or [self.first(task)]
-        kinds = self.sensitive(task, " ".join(str(v) for v in sample.values() if isinstance(v, (str, int, float))))
-        if kinds:
-            chain = self.local_chain(task, chain)
         ds = rt["dataset"]
         options = TypeAdapter(TaskConfig).validate_python(rt["task"])
-        kind = get_task(options.kind)
         ref_field = ds.get("reference_field")
         reference = sample.get(ref_field) if ref_field else None
         if isinstance(reference, str) and options.kind == "extract":
@@ -177,38 +195,49 @@ class Router:
                 reference = json.loads(reference)
             except ValueError:
                 reference = None
-        scoring_ref = reference if reference is not None else ({} if options.kind == "extract" else "")
         shaped = _PromptOnly(PromptConfig.model_validate(rt["prompt"]),
                              GenerationConfig.model_validate(rt["generation"]))
         item = Sample(id=str(sample.get(ds.get("id_field") or "id", "request")), fields=dict(sample),
                       reference=reference, split="holdout")
-        steps: list[dict[str, Any]] = []
-        for cell in chain:
-            tier = self._tier(task, cell)
-            backend, cost_model = self._backend(tier)
-            request = build_requests(shaped, [item], bool((tier.get("runtime") or {}).get("chat", True)))[0]
-            gen = backend.generate([request])[0].to_dict()
-            error = gen.get("error")
-            scored = None if error else kind.score(gen.get("text") or "", scoring_ref, item.fields, options)
-            timings = {k: gen.get(k) for k in ("t_first_token", "t_prefill_end", "token_times", "t_end")}
-            step = {"cell": cell, "output": gen.get("text"), "parsed": scored.parsed if scored else None,
-                    "verified": bool(scored.verified) if scored else False,
-                    "confidence": confidence_of(gen.get("token_logprobs")),
-                    "score": (scored.scores.get(t["metric"]) if scored else 0.0) if reference is not None else None,
-                    "cost_usd": None if error else cost_model.cost(gen),
-                    "latency_s": derive(timings, gen.get("prompt_tokens") or 0, gen.get("completion_tokens") or 0)
-                    ["latency_s"], "error": error,
-                    "prompt_tokens": gen.get("prompt_tokens"), "completion_tokens": gen.get("completion_tokens")}
-            step["accepted"] = self.accept(task, cell, step["confidence"], step["verified"])
-            steps.append(step)
-            if step["accepted"]:
-                break
+        return SimpleNamespace(task=task, metric=t["metric"], options=options, kind=get_task(options.kind),
+                               reference=reference, item=item, shaped=shaped,
+                               scoring_ref=reference if reference is not None else
+                               ({} if options.kind == "extract" else ""))
+
+    def step(self, job: Any, cell: str) -> dict[str, Any]:
+        """One tier's answer to a prepared sample, scored, priced and judged by the tier's accept_if."""
+        from bench.measure.timing import derive
+        from bench.runner import build_requests, confidence_of
+
+        task = job.task
+        tier = self._tier(task, cell)
+        backend, cost_model = self._backend(tier)
+        request = build_requests(job.shaped, [job.item], bool((tier.get("runtime") or {}).get("chat", True)))[0]
+        gen = backend.generate([request])[0].to_dict()
+        error = gen.get("error")
+        scored = None if error else job.kind.score(gen.get("text") or "", job.scoring_ref, job.item.fields,
+                                                   job.options)
+        timings = {k: gen.get(k) for k in ("t_first_token", "t_prefill_end", "token_times", "t_end")}
+        step = {"cell": cell, "output": gen.get("text"), "parsed": scored.parsed if scored else None,
+                "verified": bool(scored.verified) if scored else False,
+                "confidence": confidence_of(gen.get("token_logprobs")),
+                "score": (scored.scores.get(job.metric) if scored else 0.0) if job.reference is not None else None,
+                "cost_usd": None if error else cost_model.cost(gen),
+                "latency_s": derive(timings, gen.get("prompt_tokens") or 0, gen.get("completion_tokens") or 0)
+                ["latency_s"], "error": error,
+                "prompt_tokens": gen.get("prompt_tokens"), "completion_tokens": gen.get("completion_tokens")}
+        step["accepted"] = self.accept(task, cell, step["confidence"], step["verified"])
+        return step
+
+    @staticmethod
+    def result(job: Any, steps: list[dict[str, Any]]) -> dict[str, Any]:
+        """The answer of a cascade from its steps: the last one answers."""
         final = steps[-1]
         costs = [s["cost_usd"] for s in steps]
-        return {"task": task, "answer": final["output"], "parsed": final["parsed"], "cell": final["cell"],
+        return {"task": job.task, "answer": final["output"], "parsed": final["parsed"], "cell": final["cell"],
                 "path": [s["cell"] for s in steps], "confidence": {s["cell"]: s["confidence"] for s in steps},
                 "verified": final["verified"], "score": final["score"], "error": final["error"],
-                "escalations": len(steps) - 1, "personal_data": kinds,
+                "escalations": len(steps) - 1,
                 "cost_usd": None if any(c is None for c in costs) else sum(costs),
                 "latency_s": sum(s["latency_s"] or 0.0 for s in steps), "steps": steps}
 

@@ -1,0 +1,125 @@
+"""The cascade as `bench serve` runs it: bench.router's plan, steps and accept rule, under per-tier limits.
+
+Each tier call goes through a gate: at most `limit` calls at once per tier (1 for an in-process engine, which is not
+reentrant; the backend's `concurrency`, or the service's `--concurrency`, for an HTTP upstream). A call waits for
+its gate and runs within what is left of the request's deadline, and of `tier_timeout_s` where one is set. A tier
+that fails (an upstream error, a timeout, no free slot in time, an exception) is recorded as a failed step and the
+request escalates to the next tier of its plan; the last step decides the answer. A timed-out call keeps its slot
+until its thread returns, so a stuck tier cannot take more threads than its limit: the service never hangs on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bench.registry import LOCAL_KINDS
+
+
+def plan(router: Any, task: str, fields: dict[str, Any] | None, text: str) -> list[str]:
+    """The cells to try in order: `Router.plan` (pre-router and sensitivity applied) where the router has one,
+    else the calibrated cascade's chain."""
+    fn = getattr(router, "plan", None)
+    if callable(fn):
+        return list(fn(task, fields, text))
+    return router.chain(task) or [router.first(task)]
+
+
+def sensitive(router: Any, task: str, text: str) -> bool | None:
+    """Whether the request holds personal data, by `Router.sensitive`; None where the router cannot tell."""
+    fn = getattr(router, "sensitive", None)
+    return bool(fn(task, text)) if callable(fn) else None
+
+
+class Gates:
+    """Bounded concurrency per tier, and the threads tier calls run on."""
+
+    def __init__(self, router: Any, concurrency: int | None = None):
+        self.limits: dict[str, int] = {}
+        for task in router.tasks():
+            for tier in router.doc["tasks"][task]["tiers"]:
+                backend = (tier.get("runtime") or {}).get("backend") or {}
+                if backend.get("kind") in LOCAL_KINDS or not backend:
+                    limit = 1
+                else:
+                    limit = int(concurrency or backend.get("concurrency") or 4)
+                self.limits[tier["cell"]] = min(self.limits.get(tier["cell"], limit), limit)
+        self._sems: dict[str, asyncio.Semaphore] = {}
+        self.pool = ThreadPoolExecutor(max_workers=max(1, sum(self.limits.values())),
+                                       thread_name_prefix="bench-tier")
+
+    def gate(self, cell: str) -> asyncio.Semaphore:
+        if cell not in self._sems:  # created inside the running loop
+            self._sems[cell] = asyncio.Semaphore(self.limits.get(cell, 1))
+        return self._sems[cell]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _failed(cell: str, kind: str, message: str, wall_s: float | None) -> dict[str, Any]:
+    return {"cell": cell, "output": None, "parsed": None, "verified": False, "confidence": None, "score": None,
+            "cost_usd": None, "latency_s": None, "error": message, "error_kind": kind, "prompt_tokens": None,
+            "completion_tokens": None, "accepted": False, "wall_s": wall_s}
+
+
+async def _acquire(sem: asyncio.Semaphore, timeout: float) -> bool:
+    """Take a slot within `timeout` seconds; False (and no slot held) when none came free."""
+    task = asyncio.ensure_future(sem.acquire())
+    await asyncio.wait({task}, timeout=timeout)
+    if task.done():
+        return not task.cancelled() and task.exception() is None
+    task.cancel()  # Semaphore.acquire hands a slot it was just given on to the next waiter when cancelled
+    try:
+        await task
+    except asyncio.CancelledError:
+        return False
+    return True
+
+
+async def cascade(router: Any, gates: Gates, job: Any, cells: list[str], deadline: float,
+                  tier_timeout_s: float | None = None, metrics: Any = None) -> list[dict[str, Any]]:
+    """Run a prepared request through `cells` until a tier's answer is accepted; returns every step tried.
+
+    `deadline` is a time.monotonic() value; no step outlives it."""
+    loop = asyncio.get_running_loop()
+    steps: list[dict[str, Any]] = []
+    for cell in cells:
+        remaining = deadline - time.monotonic()
+        budget = min(remaining, tier_timeout_s) if tier_timeout_s else remaining
+        if budget <= 0:
+            steps.append(_failed(cell, "timeout", f"no time left for tier {cell}", None))
+            break
+        t0 = time.monotonic()
+        sem = gates.gate(cell)
+        if not await _acquire(sem, budget):
+            steps.append(_failed(cell, "busy", f"tier {cell} had no free slot within {budget:.3g} s", None))
+            continue
+        if metrics is not None:
+            metrics.in_flight.labels(cell).inc()
+
+        def done(fut: asyncio.Future, sem: asyncio.Semaphore = sem, cell: str = cell) -> None:
+            sem.release()
+            if metrics is not None:
+                metrics.in_flight.labels(cell).dec()
+            if not fut.cancelled():
+                fut.exception()  # retrieved: a late failure after a timeout is not an unhandled error
+
+        fut = loop.run_in_executor(gates.pool, router.step, job, cell)
+        fut.add_done_callback(done)
+        try:
+            step = dict(await asyncio.wait_for(asyncio.shield(fut), max(0.0, budget - (time.monotonic() - t0))))
+            step["wall_s"] = time.monotonic() - t0
+            if step.get("error"):  # a failed call is never accepted, whatever the tier's rule: escalate
+                step["error_kind"], step["accepted"] = "upstream_error", False
+        except asyncio.TimeoutError:
+            step = _failed(cell, "timeout", f"tier {cell} gave no answer within {budget:.3g} s",
+                           time.monotonic() - t0)
+        except Exception as exc:  # a tier that cannot start (missing model, bad config) or a backend bug
+            step = _failed(cell, "exception", f"tier {cell}: {type(exc).__name__}: {exc}", time.monotonic() - t0)
+        steps.append(step)
+        if step["accepted"]:
+            break
+    return steps

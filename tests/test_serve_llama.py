@@ -1,0 +1,144 @@
+"""`bench serve` in front of two real llama-cpp-python servers on 127.0.0.1, driven by the official `openai` client.
+
+Both tiers serve the small default model (smollm2-135m-instruct) so the test fits a 2-core CI machine; they are two
+tiers all the same: two servers, two cells, the cheap one's calibrated accept rule (confidence >= threshold) decides
+per request whether the strong one is asked. The routing is the one `tests/test_serve.py` calibrates on fake tiers,
+with each tier's backend pointed at one of the servers. The test checks answers, the escalation fields against the
+accept rule, the /metrics counts against the request log, then kills the cheap upstream while requests are in flight
+(they escalate: 200 from the strong tier) and the strong one (502 with the reason), each within a bound.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="bench serve needs the serve extra: pip install -e '.[serve]'")
+pytest.importorskip("prometheus_client", reason="bench serve needs the serve extra: pip install -e '.[serve]'")
+
+from tests.servers.processes import free_port, running_process  # noqa: E402
+from tests.test_openai_backend import _gguf  # noqa: E402
+from tests.test_serve import routing  # noqa: E402, F401  (the fixture)
+
+pytestmark = pytest.mark.integration
+
+
+def _llama(tmp: Path, name: str):
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.backends.llamacpp_server", "--model", _gguf(), "--model_alias", "smollm2",
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1",
+           "--chat_format", "chatml", "--interrupt_requests", "False"]
+    return running_process(cmd, f"http://127.0.0.1:{port}/v1/models", tmp / f"{name}.log"), f"http://127.0.0.1:{port}/v1"
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_serve_in_front_of_two_llama_servers(routing: Path, tmp_path: Path) -> None:  # noqa: F811
+    openai = pytest.importorskip("openai", reason="the openai client is not installed")
+    from bench.router import Router
+
+    cheap_cm, cheap_url = _llama(tmp_path, "cheap")
+    strong_cm, strong_url = _llama(tmp_path, "strong")
+    with cheap_cm as cheap, strong_cm as strong:
+        doc = json.loads(routing.read_text())
+        tiers = doc["tasks"]["route-fake"]["tiers"]
+        for tier, url in zip(tiers, (cheap_url, strong_url)):  # cheapest first
+            tier["runtime"]["backend"] = {"kind": "openai", "name": tier["cell"], "base_url": url, "model": "smollm2",
+                                          "locality": "local", "max_retries": 0, "timeout_s": 60.0, "logprobs": True}
+        edited = tmp_path / "routing.json"
+        edited.write_text(json.dumps(doc))
+        cells = [t["cell"] for t in tiers]
+        port, log = free_port(), tmp_path / "requests.jsonl"
+        serve_cmd = [sys.executable, "-m", "bench", "serve", str(edited), "--host", "127.0.0.1", "--port", str(port),
+                     "--log", str(log), "--timeout", "90"]
+        with running_process(serve_cmd, f"http://127.0.0.1:{port}/health", tmp_path / "serve.log") as serve:
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0,
+                                   timeout=120)
+            assert [m.id for m in client.models.list().data] == ["route-fake"]
+            router = Router.load(edited)
+            texts = ["my invoice is charged twice", "the app crashes on start", "refund my payment",
+                     "login page shows error 500"]
+            for text in texts:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="route-fake", messages=[{"role": "user", "content": json.dumps({"text": text})}])
+                reply, ext = raw.parse(), raw.parse().model_extra["bench"]
+                assert reply.choices[0].message.content.strip()  # a real model's answer
+                assert ext["calibrated"] is True and ext["tier"] == raw.headers["x-bench-tier"] == ext["tiers_tried"][-1]
+                assert ext["escalations"] == len(ext["tiers_tried"]) - 1 == int(raw.headers["x-bench-escalations"])
+                assert ext["tiers_tried"] == cells[:len(ext["tiers_tried"])]
+            lines = [json.loads(x) for x in log.read_text().splitlines()]
+            assert len(lines) == len(texts)
+            for line in lines:  # every escalation is the calibrated accept rule refusing the cheap answer
+                for step in line["steps"][:-1]:
+                    assert step["error"] is None and step["accepted"] is False
+                    assert not router.accept("route-fake", step["cell"], step["confidence"], step["verified"])
+                first = line["steps"][0]
+                assert first["accepted"] == router.accept("route-fake", first["cell"], first["confidence"],
+                                                          first["verified"])
+            import httpx
+
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            assert _metric(metrics, "bench_requests_total", task="route-fake", calibrated="true") == len(texts)
+            for cell in cells:
+                answered = sum(line["tier"] == cell for line in lines)
+                called = sum(cell in line["tiers_tried"] for line in lines)
+                assert _metric(metrics, "bench_answers_total", tier=cell) == answered
+                assert _metric(metrics, "bench_tier_requests_total", tier=cell) == called
+            assert _metric(metrics, "bench_escalations_total") == sum(line["escalations"] for line in lines)
+            assert _metric(metrics, "bench_tokens_total", kind="completion") == sum(
+                s["completion_tokens"] or 0 for line in lines for s in line["steps"])
+
+            # the cheap upstream dies while requests are in flight: they escalate to the strong one
+            results: list[tuple[int, dict, float]] = []
+
+            def ask(i: int) -> None:
+                t0 = time.monotonic()
+                try:
+                    raw = client.chat.completions.with_raw_response.create(
+                        model="route-fake", messages=[{"role": "user", "content": json.dumps(
+                            {"text": f"ticket {i}: card declined"})}])
+                    results.append((200, raw.parse().model_extra["bench"], time.monotonic() - t0))
+                except openai.APIStatusError as exc:
+                    results.append((exc.status_code, exc.body or {}, time.monotonic() - t0))
+
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+            for th in threads:
+                th.start()
+            time.sleep(0.5)
+            cheap.send_signal(signal.SIGKILL)
+            cheap.wait(timeout=15)
+            for th in threads:
+                th.join(timeout=150)
+            assert not any(th.is_alive() for th in threads), "a request hung"
+            assert len(results) == 4 and all(status == 200 for status, _, _ in results), results
+            ask(99)  # sent after the kill: the cheap tier fails at once and the strong one answers
+            status, ext, _ = results[-1]
+            assert status == 200 and ext["tier"] == cells[1] and ext["tiers_tried"] == cells
+            assert ext["escalations"] == 1 and cells[0] in ext["tier_errors"]
+
+            # then the strong one: 502 with the reason, well within the timeout
+            strong.send_signal(signal.SIGKILL)
+            strong.wait(timeout=15)
+            ask(100)
+            status, body, took = results[-1]
+            assert status == 502 and took < 60, (status, body, took)
+            assert "every tier failed" in json.dumps(body)
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            assert _metric(metrics, "bench_errors_total", kind="upstream_error") == 1
+            assert _metric(metrics, "bench_tier_errors_total", tier=cells[0], kind="upstream_error") >= 2
+            assert serve.poll() is None  # the service outlived both upstreams
+            router.close()
