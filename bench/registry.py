@@ -1,4 +1,4 @@
-"""One generic registry for backends, task kinds and metrics, with lazy entries and 'did you mean'."""
+"""One generic registry for backends, task kinds, metrics and router families, with lazy entries and 'did you mean'."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ BACKENDS: Registry[Callable[..., Any]] = Registry("backend")
 LOCAL_KINDS = ("llamacpp", "fake", "vllm")  # backends that run in this process, on this machine
 TASKS: Registry[Any] = Registry("task kind")
 METRICS: Registry[Any] = Registry("metric")
+ROUTER_FAMILIES: Registry[Any] = Registry("router family")  # pre-generation routers (bench.routers.families)
 
 BACKENDS.register("llamacpp", "bench.backends.llamacpp:LlamaCppBackend")
 BACKENDS.register("fake", "bench.backends.fake:FakeBackend")
@@ -61,3 +62,6 @@ BACKENDS.register("vllm", "bench.backends.vllm_backend:VLLMBackend")
 
 for _kind in ("classify", "extract", "summarize", "rewrite", "normalize"):
     TASKS.register(_kind, f"bench.tasks.{_kind}:TASK")
+
+for _family in ("rules", "tfidf", "embedding"):
+    ROUTER_FAMILIES.register(_family, f"bench.routers.families:{_family.upper()}")

@@ -29,6 +29,7 @@ class Router:
         self._costs: dict[str, Any] = {}
         self._warned: set[str] = set()
         self._load_lock = threading.Lock()
+        self._pre: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ loading and lookups
     @classmethod
@@ -37,7 +38,28 @@ class Router:
 
         A task whose policy failed on holdout is sent to its fallback tier (the strongest eligible one), with a
         warning, unless trust_failed_holdout is set."""
-        return cls(read_routing(path), str(path), trust_failed_holdout=trust_failed_holdout)
+        router = cls(read_routing(path), str(path), trust_failed_holdout=trust_failed_holdout)
+        for task in router.tasks():  # a missing or altered pre-router artefact is refused here, not mid-request
+            if router._task(task).get("prerouter"):
+                router._prerouter(task)
+        return router
+
+    def _prerouter(self, task: str) -> Any:
+        """The task's loaded pre-router (artefact and sha256 checked), created on first use."""
+        with self._load_lock:
+            if task not in self._pre:
+                from bench.routers.prerouter import LoadedPreRouter
+
+                self._pre[task] = LoadedPreRouter(task, self._task(task)["prerouter"], self.path,
+                                                  self.input_fields(task))
+        return self._pre[task]
+
+    def preroute(self, task: str, fields: dict[str, Any] | None, text: str) -> dict[str, Any] | None:
+        """The pre-router's decision for a request (None where the task has none, or its fallback overrides it):
+        {family, probability, threshold, path: cheap|strong, cells}."""
+        if not self._task(task).get("prerouter") or self.overridden(task):
+            return None
+        return self._prerouter(task).route(fields, text)
 
     def overridden(self, task: str) -> bool:
         """True where the task's policy failed on holdout and this router sends it to the fallback tier instead."""
@@ -163,12 +185,14 @@ class Router:
             steps.append(self.step(job, cell))
             if steps[-1]["accepted"]:
                 break
-        return self.result(job, steps) | {"personal_data": self.sensitive(task, text)}
+        return self.result(job, steps) | {"personal_data": self.sensitive(task, text),
+                                          "prerouter": self.preroute(task, sample, text)}
 
     def plan(self, task: str, fields: dict[str, Any] | None, text: str) -> list[str]:
-        """The tiers to try for this request, in order: the task's chain (or its fallback), kept to local and
-        on-prem tiers when the request holds personal data."""
-        chain = self.chain(task) or [self.first(task)]
+        """The tiers to try for this request, in order: the pre-router's path where the task has one, else the
+        task's chain (or its fallback); kept to local and on-prem tiers when the request holds personal data."""
+        decision = self.preroute(task, fields, text)
+        chain = list(decision["cells"]) if decision else (self.chain(task) or [self.first(task)])
         return self.local_chain(task, chain) if self.sensitive(task, text) else chain
 
     def prepare(self, task: str, sample: dict[str, Any]) -> Any:
@@ -271,6 +295,9 @@ class Router:
         backends, self._backends, self._costs = self._backends, {}, {}
         for backend in backends.values():
             backend.close()
+        pre, self._pre = self._pre, {}
+        for p in pre.values():
+            p.close()
 
     def __enter__(self) -> Self:
         return self

@@ -303,6 +303,7 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
     backends = current.get("cell_backends", {})
     backends.update({p.cell_id: p.backend.model_dump(mode="json") for p in plans})
     run.update_manifest(cells=cells, cell_backends=backends)
+    _write_inputs(run, suite, samples)
     writer = SampleWriter(run.samples_path)
     try:
         with cell_progress(quiet) as progress:
@@ -333,6 +334,21 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
     outcome.summary = write_summary(run, profile, _bandwidth(info, profile))
     run.update_manifest(finished_at=utcnow())
     return outcome
+
+
+def _write_inputs(run: Any, suite: Suite, samples: list[Sample]) -> None:
+    """Append each sample's input fields to inputs.jsonl once (pre-routers are fitted on the request alone)."""
+    have = set(run.inputs())
+    new = [s for s in samples if s.id not in have]
+    if not new:
+        return
+    writer = SampleWriter(run.inputs_path)
+    try:
+        for s in new:
+            writer.write({"sample_id": s.id, "split": s.split,
+                          "fields": {f: s.fields.get(f) for f in suite.dataset.input_fields}})
+    finally:
+        writer.close()
 
 
 LOG_EVERY_S = 30.0

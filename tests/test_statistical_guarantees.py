@@ -199,3 +199,67 @@ def test_exact_test_keeps_small_binary_comparisons_from_flaking() -> None:
         c = (rng.random(30) < 0.8).astype(float)
         flagged += quality_gate(list(b), list(c), 0.02)["verdict"] == REGRESSION
     assert flagged / 300 <= 0.05
+
+
+# ---------------------------------------------------------------- the pre-router search keeps the same promise
+
+def _pre_task(rng: np.random.Generator, n: int, target: float):
+    """Two tiers; a request's length in words (1..40) is its difficulty: the cheap tier is right with probability
+    0.99 - 0.9 * length / 40, the strong one with target + 0.06 everywhere. Confidence is absent, so cascades can
+    only accept on verification (always true here): the pre-router is the only way to be cheap and good."""
+    from bench.thresholds.calibrate import Calibrated, Split, TierStats
+    from bench.thresholds.gather import TaskData, Tier
+
+    lengths = rng.integers(1, 41, n)
+    acc = np.vstack([0.99 - 0.9 * lengths / 40, np.full(n, target + 0.06)])
+    right = rng.random((2, n)) < acc
+    cost = np.array([1.0, 10.0])[:, None] * np.ones((2, n))
+    split = Split(ids=[str(i) for i in range(n)], value=right.astype(float), verified=np.ones((2, n), bool),
+                  conf=np.full((2, n), np.nan), cost=cost, cost_usd=cost / 1e6, latency=cost / 10)
+    empty = Split(ids=[], value=np.zeros((2, 0)), verified=np.zeros((2, 0), bool), conf=np.zeros((2, 0)),
+                  cost=np.zeros((2, 0)), cost_usd=np.zeros((2, 0)), latency=np.zeros((2, 0)))
+    tiers = [Tier(cell_id=f"t{i}", cell={}, rows={}, backend=None, locality="local", usd_per_hour=None, chat=True,
+                  model_ref=None, run_id="sim") for i in range(2)]
+    q = {"mean": 0.0, "ci_low": 0.0, "ci_high": 1.0, "n": n}
+    stats = [TierStats(tier=t, quality=q, quality_holdout=q, cost_per_1k_usd=1.0, latency_mean_s=1.0,
+                       latency_p95_s=1.0, meets_target=False, samples_needed=None, confidence_available=False,
+                       errors=0) for t in tiers]
+    task = TaskData(name="sim", kind="classify", metric="accuracy", target=target, target_source="suite",
+                    tolerance=0.02, sensitive=False, latency_budget_s=None, latency_source=None, runtime=None,
+                    tiers=tiers, run_ids=["sim"], min_samples=30, delta=0.05)
+    texts = [" ".join(["w"] * int(k)) for k in lengths]
+    return Calibrated(task=task, tiers=stats, basis="usd", cal=split, hold=empty, notes=[]), texts, right[0]
+
+
+def _pre_true_quality(fit, threshold: float, target: float) -> float:
+    """The deployed (refitted) rule's quality over the population: lengths uniform on 1..40."""
+    lengths = np.arange(1, 41)
+    p = fit.predict([" ".join(["w"] * int(k)) for k in lengths], None)
+    cheap = p >= threshold
+    return float(np.mean(np.where(cheap, 0.99 - 0.9 * lengths / 40, target + 0.06)))
+
+
+def test_prerouted_policy_misses_its_target_at_most_delta() -> None:
+    from bench.routers.families import RULES, cross_fit
+    from bench.thresholds.policy import search
+
+    rng = np.random.default_rng(11)
+    target, reps, misses, admitted, naive_misses = 0.8, 600, 0, 0, 0
+    for _ in range(reps):
+        cal, texts, cheap_right = _pre_task(rng, 300, target)
+        fit = cross_fit(RULES, texts, None, cheap_right.astype(int), {})
+        cal.cal.prob[("rules", 0)] = fit.oof
+        choice = search(cal, ["rules"])
+        # the contrast: the loosest threshold whose calibration mean reaches the target, untested
+        value = np.where(fit.oof[None, :] >= np.array([0.0, 0.3, 0.5, 0.7, 0.9])[:, None], cal.cal.value[0],
+                         cal.cal.value[1]).mean(axis=1)
+        ok = [t for t, v in zip([0.0, 0.3, 0.5, 0.7, 0.9], value) if v >= target]
+        naive_misses += bool(ok) and _pre_true_quality(fit, ok[0], target) < target
+        if choice.status != "meets_target" or choice.policy.pre is None:
+            continue
+        admitted += 1
+        misses += _pre_true_quality(fit, choice.policy.pre.threshold, target) < target
+    rate = misses / reps
+    assert admitted > reps * 0.2, f"the search admitted a pre-router in only {admitted} of {reps} calibrations"
+    assert rate <= 0.05 + _binomial_error(0.05, reps), f"pre-routed policy below target in {rate:.1%}"
+    assert naive_misses / reps > 0.15, "the simulation cannot tell an untested threshold apart"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import Any
 
@@ -12,6 +13,10 @@ from bench.backends.base import Generation, LoadInfo, OnResult, Request
 
 def _u(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def _text(req: Request) -> str:
+    return "\n".join(str(m.get("content", "")) for m in req.messages or []) + (req.prompt or "")
 
 
 def _wrong(reference: Any) -> str:
@@ -48,6 +53,8 @@ class FakeBackend:
             time.sleep(self.config.delay_s)
         model_id = getattr(self.model, "id", "") or ""
         accuracy = self.config.accuracy_by_model.get(model_id, self.config.accuracy)
+        if self.config.hard_pattern and re.search(self.config.hard_pattern, _text(req)):
+            accuracy = self.config.accuracy_hard_by_model.get(model_id, accuracy)
         right = _u(f"{model_id}:{req.id}") < accuracy
         ref = req.reference
         text = (json.dumps(ref) if isinstance(ref, dict) else str(ref)) if right else _wrong(ref)

@@ -245,6 +245,9 @@ class FakeBackendConfig(Strict):
     kind: Literal["fake"]
     accuracy: float = Field(1.0, ge=0.0, le=1.0)
     accuracy_by_model: dict[str, float] = Field({}, description="per-model accuracy, overriding `accuracy`")
+    hard_pattern: str | None = Field(None, description="a regular expression: requests whose text matches it are "
+                                     "'hard' and answered with accuracy_hard_by_model (pre-router tests)")
+    accuracy_hard_by_model: dict[str, float] = Field({}, description="per-model accuracy on hard requests")
     tokens_per_s: float = Field(1000.0, gt=0)
     tokens_per_s_by_model: dict[str, float] = Field({}, description="per-model speed, overriding `tokens_per_s`")
     delay_s: float = Field(0.0, ge=0, le=10, description="real seconds slept per request (for fault tests)")
@@ -329,6 +332,37 @@ class ExecutorConfig(Strict):
     address: str | None = Field(None, description="the Ray cluster's address; default: 'auto'")
 
 
+class PreRouterConfig(Strict):
+    """Pre-generation routing: which router families `bench thresholds` fits, and their inputs."""
+
+    families: list[str] = Field(["rules", "tfidf", "embedding"], description="router families to fit and compare "
+                                "(bench.routers.families); [] fits none")
+    hard_patterns: list[str] = Field([], description="regular expressions: a request matching any is sent past the "
+                                     "cheaper tier (the rules family's suite rules)")
+    embedding_model: str = Field("smollm2-135m-instruct", description="catalog model whose llama.cpp embeddings "
+                                 "the embedding family reads")
+
+    @field_validator("families")
+    @classmethod
+    def _families(cls, v: list[str]) -> list[str]:
+        from bench.registry import ROUTER_FAMILIES
+
+        for name in v:
+            if name not in ROUTER_FAMILIES:
+                raise ValueError(f"unknown router family {name!r}; known: {', '.join(ROUTER_FAMILIES.names())}")
+        return v
+
+    @field_validator("hard_patterns")
+    @classmethod
+    def _hard(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+        return v
+
+
 # ---------------------------------------------------------------- the suite
 
 class Suite(Strict):
@@ -360,6 +394,7 @@ class Suite(Strict):
                              "insufficient_data, never meets_target")
     delta: float = Field(0.05, gt=0, lt=0.5, description="the chance a chosen routing policy may miss its target")
     limit: int | None = Field(None, gt=0, description="use at most this many samples")
+    prerouter: PreRouterConfig = PreRouterConfig()
     generation: GenerationConfig = GenerationConfig()
     matrix: MatrixConfig = MatrixConfig()
     executor: ExecutorConfig = ExecutorConfig()

@@ -226,3 +226,47 @@ def quant_cost(deltas: list[dict[str, Any]], task: dict[str, Any]) -> go.Figure 
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, f"{esc(task['key'])}: the quality each quantization costs (paired, 95% interval)",
                    n_rows=len(deltas))
+
+
+FAMILY_KINDS = ("single", "cascade", "prerouter", "prerouter+cascade")
+
+
+def families(entry: dict[str, Any] | None, title: str) -> go.Figure | None:
+    """Holdout cost against quality of every admitted policy, one trace per policy family; each family's best
+    ringed and the chosen policy starred. None where the routing entry compares no families."""
+    fams = (entry or {}).get("families")
+    if not isinstance(fams, dict):
+        return None
+    basis = "usd" if fams.get("cost_basis") == "usd" else "latency"
+    key = "cost_per_1k_usd" if basis == "usd" else "latency_mean_s"
+    fig = go.Figure()
+    drawn = False
+    for i, kind in enumerate(FAMILY_KINDS):
+        block = fams.get(kind) if isinstance(fams.get(kind), dict) else {}
+        pts = [p for p in block.get("points") or [] if isinstance(p, dict) and p.get(key) is not None
+               and p.get("quality") is not None]
+        if not pts:
+            continue
+        drawn = True
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=[p[key] for p in pts], y=[p["quality"] for p in pts], mode="markers",
+                                 name=f"{kind} ({block.get('admissible', len(pts))} admitted)",
+                                 marker={"color": color, "size": 7, "opacity": 0.6},
+                                 hovertext=[esc(p.get("text", "")) for p in pts], hoverinfo="text+x+y"))
+        best = ((block.get("best") or {}).get("holdout") or {})
+        bq, bc = (best.get("quality") or {}).get("mean"), best.get(key)
+        if bq is not None and bc is not None:
+            chosen = fams.get("winner") == kind
+            fig.add_trace(go.Scatter(
+                x=[bc], y=[bq], mode="markers", showlegend=chosen, name="chosen policy" if chosen else kind,
+                marker={"color": color, "size": 18 if chosen else 13, "symbol": "star" if chosen else "circle-open",
+                        "line": {"width": 2, "color": "#222" if chosen else color}},
+                hovertext=[esc(((block.get("policy") or {}).get("text") or kind) + (" (chosen)" if chosen else ""))],
+                hoverinfo="text+x+y"))
+    if not drawn:
+        return None
+    target = entry.get("target") if isinstance(entry, dict) else None
+    if isinstance(target, (int, float)):
+        fig.add_hline(y=target, line_dash="dot", line_color="#888", annotation_text=f"target {target:g}")
+    xlabel = "$ per 1k requests (holdout)" if basis == "usd" else "mean seconds per request (holdout)"
+    return _layout(fig, title, height=420, xaxis_title=xlabel, yaxis_title="quality (holdout)")

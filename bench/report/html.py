@@ -132,6 +132,11 @@ def _task_section(data: ReportData, task: dict[str, Any], i: int, page: Page) ->
         "<h3>Quality against cost</h3>",
         page.slot(F.quality_cost(cells, task, (policy or {}).get("expected_point")), f"{name}-quality-cost",
                   "no cell of this task has a quality score"),
+        *(["<h3>Routing: every policy family, cost against quality</h3>",
+            page.slot(F.families(policy["entry"], f"{e(name)}: admitted policies per family on holdout "
+                                 "(ringed: each family's cheapest; star: the chosen one)"), f"{name}-families",
+                      "no policy family was admitted for this task")]
+          if policy and isinstance(policy["entry"].get("families"), dict) else []),
         "<h3>The quality each quantization costs</h3>",
         page.slot(F.quant_cost(deltas, task), f"{name}-quantization",
                   "each model ran at one quantization only on each machine: nothing to compare"),

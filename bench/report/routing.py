@@ -118,13 +118,41 @@ def _task(name: str, t: Any) -> str:
         exp_html = f"<h4>Expected on holdout</h4>{kv({**shown, **rest})}"
     elif expected is not None:
         exp_html = f"<h4>Expected on holdout</h4>{kv(expected)}"
-    extra = {k: v for k, v in t.items() if k not in KNOWN_TASK_KEYS}
+    extra = {k: v for k, v in t.items() if k not in KNOWN_TASK_KEYS and k != "families"}
+    fam_html = _families(t.get("families"))
     saving = _savings_line(t)
     extra_html = (("<h4>Savings, baselines and constraints</h4>" + (f"<p><b>{e(saving)}</b></p>" if saving else "")
                    + kv(extra)) if extra else "")
     return (f"<h3>{e(name)}</h3><p class=\"meta\">metric {e(t.get('metric') or '?')} · target "
             f"{e(_fmt(_number(t.get('target')), '.3g'))} · default tier: <b>{e(cell_text(t.get('default')))}</b></p>"
-            f"{table}{exp_html}{extra_html}")
+            f"{table}{exp_html}{fam_html}{extra_html}")
+
+
+def _families(f: Any) -> str:
+    """Each policy family's cheapest admitted policy on holdout, the winner and why (the plot is in the task's
+    section)."""
+    if not isinstance(f, dict):
+        return ""
+    rows = []
+    for kind in ("single", "cascade", "prerouter", "prerouter+cascade"):
+        b = f.get(kind) if isinstance(f.get(kind), dict) else {}
+        best = (b.get("best") or {}).get("holdout") if isinstance(b.get("best"), dict) else None
+        if not best:
+            rows.append(f"<tr><td>{e(kind)}</td><td colspan=\"5\">no admitted policy</td></tr>")
+            continue
+        mix = ", ".join(f"{cell_text(a.get('cell'))} {a.get('share', 0):.0%}" for a in best.get("answered_by") or []
+                        if isinstance(a, dict))
+        rows.append(f"<tr><td>{e(kind)}{' (chosen)' if f.get('winner') == kind else ''}</td>"
+                    f"<td>{e((b.get('policy') or {}).get('text'))}</td>"
+                    f"<td class=\"num\">{e(_quality_text(best.get('quality')))}</td>"
+                    f"<td class=\"num\">{e(_fmt(_cost(best), '.4g'))}</td>"
+                    f"<td class=\"num\">{e(_fmt(_number(best.get('escalation_rate')), '.0%'))}</td>"
+                    f"<td>{e(mix)}</td></tr>")
+    vs = (f.get("prerouter_vs_cascade") or {}).get("message")
+    return ("<h4>Policy families (cheapest admitted policy of each, on holdout)</h4><div class=\"scroll\"><table>"
+            "<thead><tr><th>family</th><th>policy</th><th>quality [95% CI]</th><th>$ / 1k req</th>"
+            f"<th>escalated</th><th>model mix</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+            f"<p>{e(f.get('why'))}</p>" + (f"<p>{e(vs)}</p>" if vs else ""))
 
 
 def _savings_line(t: dict[str, Any]) -> str | None:

@@ -19,6 +19,7 @@ from bench.results.schema import check_version
 
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
+INPUTS = "inputs.jsonl"      # each sample's input fields, once: what pre-routers are fitted on
 SUMMARY = "summary.json"
 
 
@@ -82,8 +83,9 @@ def check_row(row: Any, path: Path, line: int) -> dict[str, Any]:
     return row
 
 
-def iter_samples(path: Path) -> Iterator[dict[str, Any]]:
-    """Read samples.jsonl; a torn last line (a kill mid-write) is skipped, any other bad line is an error."""
+def iter_jsonl(path: Path, check: Any = None) -> Iterator[dict[str, Any]]:
+    """Read an append-only JSONL file of this run directory; a torn last line (a kill mid-write) is skipped, any
+    other bad line is an exit-2 error naming the file and line. `check(row, path, line)` validates each row."""
     if not path.exists():
         return
     with path.open("rb") as f:
@@ -97,7 +99,17 @@ def iter_samples(path: Path) -> Iterator[dict[str, Any]]:
             if i == len(lines):  # the final line without its newline: an interrupted write
                 continue
             raise UserInputError(f"line {i} is not valid JSON", file=str(path)) from None
-        yield check_row(row, path, i)
+        if check is not None:
+            row = check(row, path, i)
+        elif not isinstance(row, dict):
+            raise UserInputError(f"line {i}: expected a JSON object, got a JSON {type(row).__name__}",
+                                 file=str(path))
+        yield row
+
+
+def iter_samples(path: Path) -> Iterator[dict[str, Any]]:
+    """Read samples.jsonl; a torn last line (a kill mid-write) is skipped, any other bad line is an error."""
+    return iter_jsonl(path, check_row)
 
 
 class SampleWriter:
@@ -166,6 +178,15 @@ class RunDir:
     @property
     def summary_path(self) -> Path:
         return self.path / SUMMARY
+
+    @property
+    def inputs_path(self) -> Path:
+        return self.path / INPUTS
+
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        """sample_id -> the sample's input fields, from inputs.jsonl (empty for runs made before it existed)."""
+        return {str(r["sample_id"]): r.get("fields") or {} for r in iter_jsonl(self.inputs_path)
+                if "sample_id" in r}
 
     def manifest(self) -> dict[str, Any]:
         return read_json(self.manifest_path)

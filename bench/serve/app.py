@@ -13,7 +13,8 @@ same way with the text as the first input field, and marked `calibrated: false` 
 The answer's extension field `bench` (and the headers X-Bench-Tier, X-Bench-Escalations, X-Bench-Calibrated):
 `task`, `tier` (the cell that answered), `tiers_tried`, `confidence` ({cell: confidence or null}), `escalations`,
 `verified`, `calibrated`, `sensitive` (true/false, null where the router has no personal-data rule), `fallback`,
-`cost_usd`, `latency_s` and `tier_errors` ({cell: reason} for the tiers that failed and were escalated from).
+`cost_usd`, `latency_s`, `tier_errors` ({cell: reason} for the tiers that failed and were escalated from) and
+`prerouter` ({family, probability, threshold, path: cheap|strong} where the task has a pre-router, else null).
 Errors are OpenAI-shaped ({"error": {"message", "type", "code"}}): 400 bad body, 404 unknown task (with "did you
 mean"), 422 no tier may take the request, 502 every tier tried failed (each reason given), 504 no answer within
 the timeout. With `stream: true` the accepted answer comes as server-sent events once the cascade has decided.
@@ -32,7 +33,7 @@ from fastapi import Request  # at module level: FastAPI resolves the handler's a
 
 from bench.errors import UserInputError, did_you_mean
 from bench.redact import redact_text
-from bench.serve.cascade import Gates, cascade, plan, sensitive
+from bench.serve.cascade import Gates, cascade, plan, preroute, sensitive
 from bench.serve.log import RequestLog
 from bench.serve.metrics import Metrics
 
@@ -148,10 +149,13 @@ def create_app(routing: str | Path, *, log_path: str | Path | None = None, timeo
         try:
             is_sensitive = sensitive(router, task, text)
             cells = plan(router, task, fields if calibrated else None, text)
+            pre = preroute(router, task, fields if calibrated else None, text)
         except UserInputError as exc:
             return error(422, f"no tier may take this request: {exc}", "no_eligible_tier", task)
         if is_sensitive:
             metrics.sensitive.labels(task).inc()
+        if pre is not None:
+            metrics.prerouted.labels(task, pre["path"]).inc()
         if not cells:
             return error(422, "no tier may take this request" + (" (it holds personal data and no local tier is "
                                                                  "eligible)" if is_sensitive else ""),
@@ -166,6 +170,8 @@ def create_app(routing: str | Path, *, log_path: str | Path | None = None, timeo
                "escalations": result["escalations"], "verified": result["verified"], "calibrated": calibrated,
                "sensitive": is_sensitive, "personal_data": router.sensitive(task, text) if is_sensitive else [],
                "fallback": router.overridden(task), "cost_usd": result["cost_usd"],
+               "prerouter": None if pre is None else {k: pre[k] for k in ("family", "probability", "threshold",
+                                                                          "path")},
                "latency_s": latency,
                "tier_errors": {s["cell"]: redact_text(str(s["error"])) for s in steps if s.get("error")}}
         headers = {"X-Bench-Tier": result["cell"], "X-Bench-Escalations": str(result["escalations"]),
@@ -183,7 +189,7 @@ def create_app(routing: str | Path, *, log_path: str | Path | None = None, timeo
             "id": rid, "time": time.time(), "task": task, "status": status, "calibrated": calibrated,
             "sensitive": is_sensitive, "tier": result["cell"], "tiers_tried": result["path"],
             "steps": request_log.steps(steps), "escalations": result["escalations"], "latency_s": latency,
-            "cost_usd": result["cost_usd"], "fallback": ext["fallback"],
+            "cost_usd": result["cost_usd"], "fallback": ext["fallback"], "prerouter": ext["prerouter"],
             "error": redact_text(message) if message else None})
         if status != 200:
             return error(status, message, kind, task, headers)

@@ -27,6 +27,12 @@ def plan(router: Any, task: str, fields: dict[str, Any] | None, text: str) -> li
     return router.chain(task) or [router.first(task)]
 
 
+def preroute(router: Any, task: str, fields: dict[str, Any] | None, text: str) -> dict[str, Any] | None:
+    """The pre-router's decision (`Router.preroute`, remembered from `plan`), or None where there is none."""
+    fn = getattr(router, "preroute", None)
+    return fn(task, fields, text) if fn is not None else None
+
+
 def sensitive(router: Any, task: str, text: str) -> bool | None:
     """Whether the request holds personal data, by `Router.sensitive`; None where the router cannot tell."""
     fn = getattr(router, "sensitive", None)

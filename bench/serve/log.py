@@ -13,7 +13,8 @@ may hold personal data); `id` is the response's id, which the client also has. O
                 "error": null | "<redacted reason>", "error_kind": null | "upstream_error" | "timeout" | "busy" |
                 "exception"}, ...],
      "escalations": 0, "latency_s": 0.23 (end to end), "cost_usd": 0.00001 | null (null: a tier has no price),
-     "fallback": false (the task's policy failed on holdout; its fallback tier answered), "error": null | "..."}
+     "fallback": false (the task's policy failed on holdout; its fallback tier answered),
+     "prerouter": null | {"family", "probability", "threshold", "path"}, "error": null | "..."}
 
 A line is written for every request that reached the cascade (answered, 502 or 504); requests refused before it
 (4xx) are counted in /metrics only. Lines are whole: each is one os.write on an O_APPEND descriptor, then fsync.

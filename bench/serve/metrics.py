@@ -5,6 +5,7 @@ Names and labels (counters carry prometheus_client's `_total` suffix in the expo
 - `bench_requests_total{task, calibrated}`: requests routed; `calibrated="false"` are outside calibration
   (free-form messages rather than the task's input fields);
 - `bench_sensitive_requests_total{task}`: requests the router judged to hold personal data (local tiers only);
+- `bench_prerouted_total{task, path}`: pre-router decisions: `cheap` (the cheaper tier's path) or `strong`;
 - `bench_answers_total{task, tier}`: answers returned, by the tier that answered: the model mix;
 - `bench_escalations_total{task, tier}`: escalations away from a tier (its answer refused or its call failed);
 - `bench_tier_requests_total{task, tier}`: calls made to each tier;
@@ -34,6 +35,8 @@ class Metrics:
                                 ["task", "calibrated"], registry=r)
         self.sensitive = Counter("bench_sensitive_requests", "requests holding personal data (local tiers only)",
                                  ["task"], registry=r)
+        self.prerouted = Counter("bench_prerouted", "pre-router decisions by path (cheap or strong)",
+                                 ["task", "path"], registry=r)
         self.answers = Counter("bench_answers", "answers returned, by the tier that answered", ["task", "tier"],
                                registry=r)
         self.escalations = Counter("bench_escalations", "escalations away from a tier", ["task", "tier"],

@@ -12,7 +12,10 @@ from bench.errors import UserInputError
 # routing.json's own version: bump on a breaking change to its fields (bench.router refuses newer files).
 # 2: Learn-then-Test policies with `status`, `guarantee` and `fallback` per task; version 1 files carried no
 #    guarantee and cannot be migrated (their thresholds were chosen without one): they are refused.
-ROUTING_SCHEMA_VERSION = 2
+# 3: an optional pre-router per task (`prerouter`, its artefact by sha256) and the policy families compared
+#    (`families`); version 2 files hold no pre-router and are read as they are.
+ROUTING_SCHEMA_VERSION = 3
+MIN_ROUTING_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("routing.schema.json")
 
 
@@ -59,9 +62,9 @@ def read_routing(path: str | Path, flag: str | None = None, *, check_schema: boo
     if version > ROUTING_SCHEMA_VERSION:
         raise UserInputError(f"schema_version {version} is newer than this bench understands "
                              f"({ROUTING_SCHEMA_VERSION})", file=where, field="schema_version", hint="upgrade bench")
-    if version < ROUTING_SCHEMA_VERSION:
+    if version < MIN_ROUTING_VERSION:
         raise UserInputError(f"schema_version {version} routing files were calibrated without the statistical "
-                             f"guarantee this bench requires (version {ROUTING_SCHEMA_VERSION})", file=where,
+                             f"guarantee this bench requires (version {MIN_ROUTING_VERSION} or later)", file=where,
                              field="schema_version", hint="regenerate it with 'bench thresholds RESULTS -o FILE'")
     if check_schema:
         validate_routing(doc, where)

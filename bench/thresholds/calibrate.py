@@ -26,6 +26,9 @@ class Split:
     cost_usd: np.ndarray   # USD per request, NaN where unknown
     latency: np.ndarray    # seconds per request, a missing one is the tier's mean
     _cumulative: dict = field(default_factory=dict, repr=False, compare=False)
+    prob: dict = field(default_factory=dict)      # (family, tier) -> pre-router probability per sample
+    overhead: dict = field(default_factory=dict)  # family -> the pre-router's own seconds per sample
+    overhead_usd: dict = field(default_factory=dict)  # family -> those seconds priced, USD per sample
 
     @property
     def n(self) -> int:

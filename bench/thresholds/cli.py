@@ -40,8 +40,22 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
                           + (f"accept {_accept(tier['accept_if'])}" if tier["eligible"]
                              else "excluded: " + "; ".join(tier["excluded_because"] or [])), None))
         policy = t["policy"]
-        lines.append((f"  policy [{t['status']}]: {' -> '.join(policy['chain']) or 'none'} ({policy['message']})",
+        lines.append((f"  policy [{t['status']}]: {policy.get('text') or ' -> '.join(policy['chain']) or 'none'} "
+                      f"({policy['message']})",
                       "red" if t["status"] != "meets_target" else None))
+        fams = t.get("families") or {}
+        for kind in ("single", "cascade", "prerouter", "prerouter+cascade"):
+            f = fams.get(kind) or {}
+            best = (f.get("best") or {}).get("holdout")
+            if best:
+                q = best["quality"]
+                lines.append((f"  {kind}: {f['policy']['text']}: holdout {_f(q['mean'])} [{_f(q['ci_low'])}, "
+                              f"{_f(q['ci_high'])}], {_cost(best['cost_per_1k_usd'])}"
+                              + (" (chosen)" if fams.get("winner") == kind else ""), None))
+            elif kind in fams:
+                lines.append((f"  {kind}: no admitted policy", None))
+        if (fams.get("prerouter_vs_cascade") or {}).get("saving") is not None:
+            lines.append((f"  pre-router vs cascade: {fams['prerouter_vs_cascade']['message']}", None))
         g = t["guarantee"]
         lines.append((f"  guarantee: {'holds' if g['holds'] else 'none'} ({g['method']}, delta {g['delta']:g})",
                       None))

@@ -13,9 +13,13 @@ from bench.redact import redact
 from bench.results.store import utcnow, write_text_atomic
 from bench.thresholds import ROUTING_SCHEMA_VERSION, validate_routing
 from bench.thresholds.calibrate import ON_PREMISES, Calibrated, calibrate
+from bench.thresholds.contest import contest, describe_policy
 from bench.thresholds.gather import TaskData
 from bench.thresholds.measures import baselines, routellm
 from bench.thresholds.policy import VERIFIED_ONLY, Choice, search, summarize
+from bench.thresholds.prerouting import PreRouters, artifact, describe, fit_prerouters
+
+ARTIFACT_DOC = "_artifact"  # in memory only: `write` saves it beside routing.json and keeps its reference
 
 RULES = {
     "tier_order": "Tiers are the cells that ran the task, cheapest first by mean cost per request on calibration "
@@ -34,14 +38,24 @@ RULES = {
     "cascade": "Policies are replayed exactly on the calibration samples every tier ran: a sample's quality is "
                "that of the answer finally accepted, its cost the sum over every tier it passed through, its "
                "latency that sum too. A request that errored counts as wrong; a missing cost is its tier's mean.",
-    "search": "Learn-then-Test. Chains are ordered subsets of eligible tiers (cheapest first, at most 4 tiers) "
+    "search": "Learn-then-Test, over chains and pre-routers (see prerouter). Chains are ordered subsets of eligible tiers (cheapest first, at most 4 tiers) "
               "ending in the tier that always answers. Along each chain one threshold, shared by its non-final "
               "tiers, steps through a grid fixed in advance from strictest to loosest; at each step the null "
               "'this policy's quality is below the target' is tested (exact binomial for 0/1 scores, one-sided "
-              "Student-t for continuous ones) at level delta / number of chains, stopping at the first step not "
+              "Student-t for continuous ones) at level delta / number of sequences (chains and pre-router "
+              "sequences), stopping at the first step not "
               "rejected (fixed-sequence testing). Every rejected policy within the latency budget is admissible; "
               "the one with the lowest mean cost wins, ties to better quality, then fewer tiers, then stricter "
               "thresholds.",
+    "prerouter": "Pre-routers predict from the request alone (its input fields) the probability that a cheaper "
+                 "tier's answer is good enough (the task's success level: a correct answer for 0/1 metrics, a "
+                 "score at or above the target otherwise). Families: rules (length, the suite's hard_patterns), "
+                 "tfidf (TF-IDF + logistic regression), embedding (logistic regression on llama.cpp embeddings). "
+                 "Each is cross-fitted on the calibration split (5 folds), its scores made probabilities by "
+                 "isotonic regression on the out-of-fold scores, and refitted on all calibration samples for "
+                 "routing. Along a fixed grid of probability thresholds (strictest first), pre-routed policies "
+                 "(cheap tier alone, or the cascade cheap -> strong) join the Learn-then-Test search as further "
+                 "sequences; the out-of-fold probabilities stand in for the refitted router's.",
     "guarantee": "With probability at least 1 - delta, every admissible policy, and so the chosen one, has a true "
                  "quality at or above the target on traffic exchangeable with the calibration samples (drawn from "
                  "the same distribution). It does not hold under drift, nor for prompts other than the suite's; for "
@@ -91,7 +105,7 @@ def _accept_if(cal: Calibrated, choice: Choice, i: int) -> dict[str, Any]:
     if p is None or i not in p.chain:
         return {"signal": "never", "threshold": None}
     pos = p.chain.index(i)
-    if pos == len(p.chain) - 1:
+    if pos == len(p.chain) - 1 or (p.pre is not None and not p.pre.cascade):
         return {"signal": "always", "threshold": None}
     t = p.thresholds[pos]
     return {"signal": "verified", "threshold": None} if t == VERIFIED_ONLY else {"signal": "confidence",
@@ -170,10 +184,27 @@ def _needed(cal: Calibrated) -> str:
     return f"about {n} calibration samples would decide {cell} alone, if its observed mean and spread held"
 
 
+def _prerouter(cal: Calibrated, pre: PreRouters, choice: Choice) -> dict[str, Any] | None:
+    """The chosen policy's pre-router: how bench.router applies it, and its artefact (saved by `write`)."""
+    p = choice.policy
+    if p is None or p.pre is None or choice.status != "meets_target":
+        return None
+    key = (p.pre.family, p.chain[0])
+    return {"family": p.pre.family, "cheap": cal.tiers[p.chain[0]].tier.cell_id,
+            "strong": cal.tiers[p.chain[-1]].tier.cell_id, "threshold": p.pre.threshold,
+            "then": "cascade" if p.pre.cascade else "answer",
+            "rule": "a request whose probability of a good answer from `cheap` reaches `threshold` goes to `cheap` "
+                    "(then: answer) or into the cascade cheap -> strong (then: cascade); any other goes to `strong`",
+            "ece_calibration": pre.fits[key].ece_calibration, "ece_holdout": pre.ece_holdout.get(key),
+            "embedding": artifact(cal, pre, *key)["embedding"], ARTIFACT_DOC: artifact(cal, pre, *key)}
+
+
 def task_entry(task: TaskData) -> dict[str, Any]:
     """One task's block of routing.json."""
     cal = calibrate(task)
-    choice = search(cal)
+    pre = fit_prerouters(cal)
+    cal.notes.extend(pre.notes)
+    choice = search(cal, pre.families)
     p = choice.policy
     on_cal = summarize(cal, cal.cal, p) if p else None
     if on_cal:
@@ -208,11 +239,12 @@ def task_entry(task: TaskData) -> dict[str, Any]:
         "tiers": _tiers(cal, choice), "default": chain[0] if chain else None,
         "status": status, "min_samples": task.min_samples,
         "fallback": cal.tiers[strongest].tier.cell_id if strongest is not None else None,
-        "guarantee": {"method": "learn-then-test (fixed sequence per chain, Bonferroni over chains)",
+        "guarantee": {"method": "learn-then-test (fixed sequence per chain or pre-router, Bonferroni over them)",
                       "delta": task.delta, "alpha_per_chain": choice.alpha, "p_value": choice.p_value,
                       "holds": status == "meets_target",
                       "assumption": "calibration samples exchangeable with traffic; the suite's prompt"},
         "policy": {"chain": chain, "status": status, "message": status_msg,
+                   "kind": p.kind if p else None, "text": describe_policy(cal, p)["text"] if p else None,
                    "calibration": on_cal,
                    "search": {"chains": choice.chains_searched, "evaluations": choice.evaluations,
                               "methods": choice.methods}},
@@ -221,6 +253,9 @@ def task_entry(task: TaskData) -> dict[str, Any]:
         "routellm": routellm(cal, p) if p else None,
         "constraints": _constraints(cal),
         "runtime": task.runtime, "sources": task.run_ids, "notes": cal.notes,
+        "prerouter": _prerouter(cal, pre, choice) if status == "meets_target" else None,
+        "prerouting": describe(cal, pre),
+        "families": contest(cal, choice),
     }
     return entry
 
@@ -230,7 +265,12 @@ def build(tasks: list[TaskData]) -> dict[str, Any]:
     doc = {"schema_version": ROUTING_SCHEMA_VERSION, "created_at": utcnow(), "bench_version": __version__,
            "sources": sorted({r for t in tasks for r in t.run_ids}),
            "tasks": {t.name: task_entry(t) for t in tasks}, "rules": RULES}
-    return _round(doc)
+    kept = {name: t["prerouter"].pop(ARTIFACT_DOC) for name, t in doc["tasks"].items()
+            if t.get("prerouter") and ARTIFACT_DOC in t["prerouter"]}
+    doc = _round(doc)
+    for name, art in kept.items():  # a fitted router's numbers are kept exact: rounding would change decisions
+        doc["tasks"][name]["prerouter"][ARTIFACT_DOC] = art
+    return doc
 
 
 def dumps(doc: dict[str, Any]) -> str:
@@ -243,7 +283,13 @@ def write(doc: dict[str, Any], path: str | Path) -> Path:
     if path.is_dir():
         raise UserInputError("expected a file to write routing.json to, got a directory", file=str(path),
                              field="-o")
-    validate_routing(doc, str(path))
+    from bench.routers import artifacts
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    for name, task in doc["tasks"].items():
+        pre = task.get("prerouter")
+        if pre and ARTIFACT_DOC in pre:
+            pre["artifact"] = artifacts.save(path, name, pre.pop(ARTIFACT_DOC))
+    validate_routing(doc, str(path))
     write_text_atomic(path, dumps(redact(doc)))
     return path

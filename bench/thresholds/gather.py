@@ -46,6 +46,9 @@ class TaskData:
     notes: list[str] = field(default_factory=list)
     min_samples: int = 30                    # fewer calibration samples decide nothing
     delta: float = 0.05                      # the chance the chosen policy misses its target
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # sample_id -> input fields (inputs.jsonl)
+    run_paths: list[Path] = field(default_factory=list)               # oldest first
+    prerouter: dict[str, Any] = field(default_factory=dict)           # the suite's prerouter block
 
 
 def parse_targets(items: list[str] | None) -> dict[str, float]:
@@ -113,6 +116,17 @@ def _runtime(suite: dict[str, Any]) -> dict[str, Any] | None:
             "personal_data": list(config.get("personal_data") or [])}
 
 
+def _prerouter(config: dict[str, Any]) -> dict[str, Any]:
+    """The suite's prerouter block with its defaults (runs made before it existed get the defaults)."""
+    from bench.config.suite import PreRouterConfig
+
+    block = config.get("prerouter")
+    try:
+        return PreRouterConfig.model_validate(block or {}).model_dump()
+    except ValueError:
+        return PreRouterConfig().model_dump()
+
+
 def _build_task(name: str, runs: list[tuple[RunDir, dict[str, Any]]], targets: dict[str, float],
                 max_p95: float | None) -> TaskData:
     runs = sorted(runs, key=lambda rm: str(rm[1].get("run_id") or rm[0].path.name))
@@ -128,7 +142,9 @@ def _build_task(name: str, runs: list[tuple[RunDir, dict[str, Any]]], targets: d
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     cells: dict[str, dict[str, Any]] = {}
     origin: dict[str, dict[str, Any]] = {}
+    inputs: dict[str, dict[str, Any]] = {}
     for run, manifest in kept:
+        inputs.update(run.inputs())
         for row in run.samples():
             cid = row.get("cell_id")
             if not cid or row.get("sample_id") is None:
@@ -173,7 +189,8 @@ def _build_task(name: str, runs: list[tuple[RunDir, dict[str, Any]]], targets: d
                     sensitive=bool(suite.get("sensitive")), latency_budget_s=budget,
                     latency_source=budget_source if budget is not None else None, runtime=_runtime(suite),
                     tiers=tiers, run_ids=sorted(str(m.get("run_id")) for _, m in kept), notes=notes,
-                    min_samples=int(suite.get("min_samples") or 30), delta=float(suite.get("delta") or 0.05))
+                    min_samples=int(suite.get("min_samples") or 30), delta=float(suite.get("delta") or 0.05),
+                    inputs=inputs, run_paths=[r.path for r, _ in kept], prerouter=_prerouter(config))
 
 
 def gather(paths: list[str | Path], targets: dict[str, float] | None = None,
