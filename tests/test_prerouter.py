@@ -44,11 +44,18 @@ def _rows(n: int = 240) -> list[dict[str, Any]]:
     return rows
 
 
-def _run(tmp_path: Path, families: str, rows: list[dict[str, Any]] | None = None) -> tuple[Any, Path]:
+def _run(tmp_path: Path, families: str, rows: list[dict[str, Any]] | None = None, slow: bool = False
+         ) -> tuple[Any, Path]:
+    """Run the suite on the fake tiers; `slow`: tiers that take seconds, so a router's own time costs little."""
     from bench.config import load_suite
     from bench.runner import run_suite
 
-    suite = load_suite(write_suite(tmp_path / "suite", PRE_SUITE.replace("FAMILIES", families), rows or _rows()))
+    text = PRE_SUITE.replace("FAMILIES", families)
+    if slow:
+        text = text.replace("tokens_per_s_by_model: {qwen2.5-coder-0.5b-instruct: 100",
+                            "tokens_per_s: 5\n      tokens_per_s_by_model: {qwen2.5-coder-0.5b-instruct: 0.5")
+        assert "tokens_per_s: 5" in text
+    suite = load_suite(write_suite(tmp_path / "suite", text, rows or _rows()))
     run_suite(suite, results_dir=tmp_path / "results", isolation="inline", quiet=True)
     return suite, tmp_path / "results"
 
@@ -167,7 +174,7 @@ def test_embedding_family_on_the_default_model(tmp_path) -> None:
     router computes the same vectors live and decides identically."""
     from bench.routers.features import cache_path
 
-    suite, results = _run(tmp_path, "[embedding]", _rows(120))
+    suite, results = _run(tmp_path, "[embedding]", _rows(120), slow=True)
     _decisions_agree(tmp_path, results, suite, "embedding")
     caches = list(results.rglob("features/embeddings-*.jsonl"))
     assert len(caches) == 1
@@ -176,4 +183,5 @@ def test_embedding_family_on_the_default_model(tmp_path) -> None:
     before = caches[0].stat().st_mtime_ns
     build(gather([results]))  # a second calibration reads the cache and computes nothing
     assert caches[0].stat().st_mtime_ns == before
-    assert cache_path  # the cache's name is the function's
+    assert caches[0].name == cache_path(caches[0].parents[1], "smollm2-135m-instruct",
+                                        json.loads(lines[0])["model_sha256"]).name

@@ -75,30 +75,36 @@ def test_lower_bound_covers_the_true_mean(shape: str, n: int) -> None:
 def _simulated_task(rng: np.random.Generator, n_cal: int, target: float):
     """Three tiers whose truth is known: a cheap one with a useful confidence, a middle one, and a strong one
     whose true accuracy sits just above the target; every cascade's true quality is computable exactly."""
-    from bench.thresholds.calibrate import Calibrated, Split, TierStats
-    from bench.thresholds.gather import TaskData, Tier
-
     acc = np.array([0.55, 0.72, target + 0.01])
     n = n_cal
     right = rng.random((3, n)) < acc[:, None]
     # confidence: right answers around -0.2, wrong ones around -1.2, overlapping
     conf = np.where(right, -0.2, -1.2) + rng.normal(0, 0.45, (3, n))
     conf = np.minimum(conf, 0.0)
-    cost = np.array([1.0, 3.0, 10.0])[:, None] * np.ones((3, n))
-    split = Split(ids=[str(i) for i in range(n)], value=right.astype(float), verified=np.ones((3, n), bool),
+    return _calibrated(right, conf, [1.0, 3.0, 10.0], target), acc
+
+
+def _calibrated(right: np.ndarray, conf: np.ndarray, costs: list[float], target: float):
+    """A Calibrated task of simulated tiers (rows of `right`) with the given confidences and per-request costs."""
+    from bench.thresholds.calibrate import Calibrated, Split, TierStats
+    from bench.thresholds.gather import TaskData, Tier
+
+    k, n = right.shape
+    cost = np.array(costs)[:, None] * np.ones((k, n))
+    split = Split(ids=[str(i) for i in range(n)], value=right.astype(float), verified=np.ones((k, n), bool),
                   conf=conf, cost=cost, cost_usd=cost / 1e6, latency=cost / 10)
-    empty = Split(ids=[], value=np.zeros((3, 0)), verified=np.zeros((3, 0), bool), conf=np.zeros((3, 0)),
-                  cost=np.zeros((3, 0)), cost_usd=np.zeros((3, 0)), latency=np.zeros((3, 0)))
+    empty = Split(ids=[], value=np.zeros((k, 0)), verified=np.zeros((k, 0), bool), conf=np.zeros((k, 0)),
+                  cost=np.zeros((k, 0)), cost_usd=np.zeros((k, 0)), latency=np.zeros((k, 0)))
     tiers = [Tier(cell_id=f"t{i}", cell={}, rows={}, backend=None, locality="local", usd_per_hour=None, chat=True,
-                  model_ref=None, run_id="sim") for i in range(3)]
+                  model_ref=None, run_id="sim") for i in range(k)]
     q = {"mean": 0.0, "ci_low": 0.0, "ci_high": 1.0, "n": n}
     stats = [TierStats(tier=t, quality=q, quality_holdout=q, cost_per_1k_usd=1.0, latency_mean_s=1.0,
-                       latency_p95_s=1.0, meets_target=False, samples_needed=None, confidence_available=True,
-                       errors=0) for t in tiers]
+                       latency_p95_s=1.0, meets_target=False, samples_needed=None,
+                       confidence_available=not np.isnan(conf).all(), errors=0) for t in tiers]
     task = TaskData(name="sim", kind="classify", metric="accuracy", target=target, target_source="suite",
                     tolerance=0.02, sensitive=False, latency_budget_s=None, latency_source=None, runtime=None,
                     tiers=tiers, run_ids=["sim"], min_samples=30, delta=0.05)
-    return Calibrated(task=task, tiers=stats, basis="usd", cal=split, hold=empty, notes=[]), acc
+    return Calibrated(task=task, tiers=stats, basis="usd", cal=split, hold=empty, notes=[])
 
 
 def _true_quality(policy, acc: np.ndarray) -> float:
@@ -207,28 +213,11 @@ def _pre_task(rng: np.random.Generator, n: int, target: float):
     """Two tiers; a request's length in words (1..40) is its difficulty: the cheap tier is right with probability
     0.99 - 0.9 * length / 40, the strong one with target + 0.06 everywhere. Confidence is absent, so cascades can
     only accept on verification (always true here): the pre-router is the only way to be cheap and good."""
-    from bench.thresholds.calibrate import Calibrated, Split, TierStats
-    from bench.thresholds.gather import TaskData, Tier
-
     lengths = rng.integers(1, 41, n)
     acc = np.vstack([0.99 - 0.9 * lengths / 40, np.full(n, target + 0.06)])
     right = rng.random((2, n)) < acc
-    cost = np.array([1.0, 10.0])[:, None] * np.ones((2, n))
-    split = Split(ids=[str(i) for i in range(n)], value=right.astype(float), verified=np.ones((2, n), bool),
-                  conf=np.full((2, n), np.nan), cost=cost, cost_usd=cost / 1e6, latency=cost / 10)
-    empty = Split(ids=[], value=np.zeros((2, 0)), verified=np.zeros((2, 0), bool), conf=np.zeros((2, 0)),
-                  cost=np.zeros((2, 0)), cost_usd=np.zeros((2, 0)), latency=np.zeros((2, 0)))
-    tiers = [Tier(cell_id=f"t{i}", cell={}, rows={}, backend=None, locality="local", usd_per_hour=None, chat=True,
-                  model_ref=None, run_id="sim") for i in range(2)]
-    q = {"mean": 0.0, "ci_low": 0.0, "ci_high": 1.0, "n": n}
-    stats = [TierStats(tier=t, quality=q, quality_holdout=q, cost_per_1k_usd=1.0, latency_mean_s=1.0,
-                       latency_p95_s=1.0, meets_target=False, samples_needed=None, confidence_available=False,
-                       errors=0) for t in tiers]
-    task = TaskData(name="sim", kind="classify", metric="accuracy", target=target, target_source="suite",
-                    tolerance=0.02, sensitive=False, latency_budget_s=None, latency_source=None, runtime=None,
-                    tiers=tiers, run_ids=["sim"], min_samples=30, delta=0.05)
     texts = [" ".join(["w"] * int(k)) for k in lengths]
-    return Calibrated(task=task, tiers=stats, basis="usd", cal=split, hold=empty, notes=[]), texts, right[0]
+    return _calibrated(right, np.full((2, n), np.nan), [1.0, 10.0], target), texts, right[0]
 
 
 def _pre_true_quality(fit, threshold: float, target: float) -> float:

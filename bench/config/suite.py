@@ -332,6 +332,16 @@ class ExecutorConfig(Strict):
     address: str | None = Field(None, description="the Ray cluster's address; default: 'auto'")
 
 
+def regexes(v: list[str]) -> list[str]:
+    """Check that every string compiles as a regular expression (a field validator's body)."""
+    for pattern in v:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+    return v
+
+
 class PreRouterConfig(Strict):
     """Pre-generation routing: which router families `bench thresholds` fits, and their inputs."""
 
@@ -355,12 +365,7 @@ class PreRouterConfig(Strict):
     @field_validator("hard_patterns")
     @classmethod
     def _hard(cls, v: list[str]) -> list[str]:
-        for pattern in v:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
-        return v
+        return regexes(v)
 
 
 # ---------------------------------------------------------------- the suite
@@ -383,12 +388,7 @@ class Suite(Strict):
     @field_validator("personal_data")
     @classmethod
     def _patterns(cls, v: list[str]) -> list[str]:
-        for pattern in v:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
-        return v
+        return regexes(v)
     max_p95_latency_s: float | None = Field(None, gt=0)
     min_samples: int = Field(30, ge=1, description="fewer scored samples than this decide nothing: "
                              "insufficient_data, never meets_target")
