@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", choices=("bench", "litellm"), default="bench")
     t.add_argument("--serve-url", metavar="URL", help="with --format litellm: point each task's model group at "
                    "`bench serve` at this URL (e.g. http://127.0.0.1:8000/v1), which runs the real policy")
+    t.add_argument("--telemetry", metavar="LOG", help="a `bench serve --log` file: compare production's model mix "
+                   "with holdout's, per task, and report drift")
     t.add_argument("-o", "--output", required=True)
     t.set_defaults(func=_delegate("bench.thresholds.cli"))
 

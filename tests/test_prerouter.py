@@ -185,3 +185,36 @@ def test_embedding_family_on_the_default_model(tmp_path) -> None:
     assert caches[0].stat().st_mtime_ns == before
     assert caches[0].name == cache_path(caches[0].parents[1], "smollm2-135m-instruct",
                                         json.loads(lines[0])["model_sha256"]).name
+
+
+def test_serve_log_fed_back_to_thresholds_reports_drift(tmp_path) -> None:
+    """`bench serve --log` telemetry into `bench thresholds --telemetry`: traffic like holdout is consistent; a
+    flood of hard requests (all sent past the cheap tier) is drift; a file that is not a request log is exit 2."""
+    from fastapi.testclient import TestClient
+
+    from bench.cli import main
+    from bench.serve.app import create_app
+
+    _, results = _run(tmp_path, "[tfidf]")
+    routing = write(build(gather([results])), tmp_path / "routing.json")
+
+    def serve(texts: list[str], log: Path) -> None:
+        with TestClient(create_app(routing, log_path=log)) as client:
+            for text in texts:
+                r = client.post("/v1/chat/completions", json={"model": "pre-fake", "messages": [
+                    {"role": "user", "content": json.dumps({"text": text})}]})
+                assert r.status_code == 200, r.text
+
+    like = [row["text"] for row in _rows(300)[240:]]       # new requests drawn like the suite's
+    hard = [f"{HARD[i % 2]} (ref {1000 + i})" for i in range(60)]
+    serve(like, tmp_path / "like.jsonl")
+    serve(hard, tmp_path / "hard.jsonl")
+    for log, verdict in (("like.jsonl", "consistent"), ("hard.jsonl", "drift")):
+        out = tmp_path / f"routing-{verdict}.json"
+        assert main(["thresholds", str(results), "--telemetry", str(tmp_path / log), "-o", str(out)]) == 0
+        tel = json.loads(out.read_text())["tasks"]["pre-fake"]["telemetry"]
+        assert tel["verdict"] == verdict, tel
+        assert tel["requests"] == 60
+    (tmp_path / "bad.jsonl").write_text('{"hello": 1}\n')
+    assert main(["thresholds", str(results), "--telemetry", str(tmp_path / "bad.jsonl"), "-o",
+                 str(tmp_path / "x.json")]) == 2

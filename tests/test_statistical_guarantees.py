@@ -252,3 +252,32 @@ def test_prerouted_policy_misses_its_target_at_most_delta() -> None:
     assert admitted > reps * 0.2, f"the search admitted a pre-router in only {admitted} of {reps} calibrations"
     assert rate <= 0.05 + _binomial_error(0.05, reps), f"pre-routed policy below target in {rate:.1%}"
     assert naive_misses / reps > 0.15, "the simulation cannot tell an untested threshold apart"
+
+
+# ---------------------------------------------------------------- telemetry: "drift" is rarely a false alarm
+
+def _drift_doc(share: float, n_hold: int) -> dict:
+    return {"tasks": {"t": {"expected": {"n": n_hold, "answered_by": [{"cell": "cheap", "share": share},
+                                                                      {"cell": "big", "share": 1 - share}]},
+                            "policy": {"chain": ["cheap", "big"]}}}}
+
+
+def _log(rng: np.random.Generator, share: float, n: int) -> list[dict]:
+    return [{"task": "t", "status": 200, "tiers_tried": ["cheap"], "tier": "cheap" if rng.random() < share else "big"}
+            for _ in range(n)]
+
+
+def test_drift_is_called_at_most_alpha_of_the_time_when_traffic_is_unchanged() -> None:
+    from bench.thresholds.telemetry import ALPHA, drift
+
+    rng = np.random.default_rng(5)
+    reps, alarms, caught = 1000, 0, 0
+    for _ in range(reps):
+        n_hold = 60
+        hold_share = rng.binomial(n_hold, 0.6) / n_hold  # the holdout share is itself a sample
+        alarms += drift(_drift_doc(hold_share, n_hold), _log(rng, 0.6, 300))["t"]["verdict"] == "drift"
+    for _ in range(200):
+        hold_share = rng.binomial(60, 0.6) / 60
+        caught += drift(_drift_doc(hold_share, 60), _log(rng, 0.25, 300))["t"]["verdict"] == "drift"
+    assert alarms / reps <= ALPHA + _binomial_error(ALPHA, reps), f"false drift in {alarms / reps:.1%}"
+    assert caught / 200 > 0.9, "a real shift in the model mix went unnoticed"

@@ -77,6 +77,10 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
             lines.append((route, None))
         if t["constraints"]["shaped_by"]:
             lines.append((f"  constraints that shaped it: {', '.join(t['constraints']['shaped_by'])}", None))
+        tel = t.get("telemetry")
+        if tel:
+            lines.append((f"  telemetry ({tel['requests']} requests): {tel['verdict']}: {tel['message']}",
+                          "red" if tel["verdict"] == "drift" else None))
         for note in t["notes"]:
             lines.append((f"  note: {note}", None))
     return lines
@@ -86,8 +90,19 @@ def run(args: argparse.Namespace) -> int:
     from bench.display import console
 
     targets = parse_targets(getattr(args, "target", None))
+    telemetry = getattr(args, "telemetry", None)
+    log = None
+    if telemetry:
+        from bench.thresholds.telemetry import read_log
+
+        log = read_log(telemetry)  # a bad log fails before any calibration work
     tasks = gather(list(args.results), targets, getattr(args, "max_p95_latency", None))
     doc = build(tasks)
+    if log is not None:
+        from bench.thresholds.telemetry import drift
+
+        for name, verdict in drift(doc, log).items():
+            doc["tasks"][name]["telemetry"] = verdict | {"log": Path(telemetry).name}
     path = write(doc, args.output)
     written = [str(path)]
     if getattr(args, "format", "bench") == "litellm":
