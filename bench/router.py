@@ -15,7 +15,7 @@ from bench.thresholds import read_routing
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-from bench.registry import LOCAL_KINDS
+from bench.registry import backend_traits
 
 
 class Router:
@@ -150,12 +150,13 @@ class Router:
                                  "cell_backends in manifests); rerun the suite", file=self.path)
         cfg = TypeAdapter(BackendConfig).validate_python(rt["backend"])
         model: Any = None
-        if cfg.kind == "fake":
+        traits = backend_traits(cfg.kind)
+        if traits.in_process and not traits.loads_model_file:
             from bench.models.resolve import ResolvedModel
 
             model = ResolvedModel(id=rt["model"], quantization=rt.get("quantization") or "", path=Path(),
                                   sha256="", size_bytes=0, chat=rt.get("chat", True))
-        elif cfg.kind in LOCAL_KINDS:
+        elif traits.in_process:
             from bench.models import resolve_model
 
             ref = ModelRef.model_validate(rt["model_ref"]) if rt.get("model_ref") else ModelRef(id=rt["model"])
@@ -166,7 +167,7 @@ class Router:
         backend.load()
         hourly = rt.get("usd_per_hour")
         price = SimpleNamespace(cost_per_hour_usd=hourly)
-        local = cfg.kind in LOCAL_KINDS
+        local = traits.in_process
         plan = CellPlan(cell=dict(tier.get("cell_detail") or {"model": rt["model"], "backend": cfg.kind}),
                         backend=cfg, model_ref=None, locality=tier["locality"])
         hw = getattr(cfg, "hardware", None)

@@ -16,7 +16,6 @@ from typing import Any
 from bench import __version__
 from bench.backends.base import Request
 from bench.config.suite import (
-    LOCAL_KINDS,
     ModelRef,
     OpenAIBackendConfig,
     Suite,
@@ -27,6 +26,7 @@ from bench.errors import BenchError, UserInputError, did_you_mean
 from bench.models.catalog import CATALOG, DEFAULT_MODEL, get_entry
 from bench.prompts import chat_messages, completion_prompt
 from bench.records import CostModel, confidence_of, make_row  # noqa: F401 - re-exported
+from bench.registry import backend_traits
 from bench.results.derive import write_summary
 from bench.results.schema import cell_id as make_cell_id
 from bench.results.store import (
@@ -100,7 +100,7 @@ def plan_cells(suite: Suite, models: list[str] | None, hardware_id: str, localit
     gen = suite.generation.key()
     plans: list[CellPlan] = []
     for b_index, backend in enumerate(suite.matrix.backends):
-        if backend.kind in LOCAL_KINDS:
+        if backend_traits(backend.kind).in_process:
             for ref in refs:
                 if ref.source is None:
                     try:
@@ -360,7 +360,7 @@ def _quiet_enough(plan: CellPlan, quiet: bool) -> bool:
     from bench.display import console
     from bench.measure.contention import wait_for_quiet
 
-    if plan.backend.kind not in LOCAL_KINDS or plan.backend.kind == "fake":
+    if not backend_traits(plan.backend.kind).timed_here:
         return True
     w = wait_for_quiet(QUIET_WAIT_S)
     if w["contended"] and not quiet:
@@ -412,7 +412,8 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
     by_id = {s.id: s for s in todo}
     state: dict[str, Any] = {"load": {}, "errored": False, "written": set(), "tokens": 0, "decode_s": 0.0,
                              "node": None}
-    on_cluster = cluster is not None and plan.backend.kind in LOCAL_KINDS
+    traits = backend_traits(plan.backend.kind)
+    on_cluster = cluster is not None and traits.in_process
     # a cell placed on other hardware is priced at that hardware's hour
     cost_model = CostModel(plan, profiles.get(plan.cell.get("hardware"), profile) if on_cluster else profile,
                            profiles)
@@ -428,12 +429,12 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
 
     if on_cluster:
         pass  # the node resolves the model from its own cache
-    elif plan.backend.kind == "fake" and plan.model_ref is not None:
+    elif traits.in_process and not traits.loads_model_file and plan.model_ref is not None:
         from bench.models.resolve import ResolvedModel
 
         plan.model = ResolvedModel(id=plan.cell["model"], quantization=plan.cell["quantization"], path=Path(),
                                    sha256="", size_bytes=0, chat=plan.chat)
-    elif plan.backend.kind in LOCAL_KINDS and plan.model_ref is not None:
+    elif traits.in_process and plan.model_ref is not None:
         try:
             plan.model = resolve_model(plan.model_ref, plan.cell["quantization"], quiet=quiet)
         except BenchError as exc:

@@ -140,3 +140,21 @@ def test_bad_flags_exit_2(capsys, fake_suite) -> None:
         main(["run", str(fake_suite), "--limit", "0"])
     assert exc.value.code == 2
     assert "expected a positive integer" in capsys.readouterr().err
+
+
+def test_backends_describe_themselves_and_no_module_tests_their_names() -> None:
+    """What a backend can do is registered with it (bench.registry); code asks the registry, not kind names."""
+    import re
+    from pathlib import Path
+
+    import bench
+    from bench.registry import BACKENDS, BackendTraits, backend_traits
+
+    for name in BACKENDS.names():
+        assert isinstance(backend_traits(name), BackendTraits), name
+    assert backend_traits("openai").in_process is False and backend_traits("fake").loads_model_file is False
+    pattern = re.compile(r"""kind["']?\)? *(==|!=) *["'](fake|llamacpp|vllm)["']|LOCAL_KINDS""")
+    root = Path(bench.__file__).parent
+    offenders = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if p.name != "registry.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not offenders, offenders

@@ -15,8 +15,14 @@ N_BOOT = 2000
 SEED = 0
 BLOCK_VALUES = 2_000_000  # resampled values drawn at once
 WORK_VALUES, MIN_BOOT = 10_000_000, 400  # past 5,000 samples, fewer resamples: the interval is narrow by then
-REMOTE_BACKENDS = ("openai",)  # memory measured there is the client's, not the model's
 
+
+
+def _measures_memory(kind: str | None) -> bool:
+    """Whether a cell's process memory is its model's (an HTTP cell measures only its client)."""
+    from bench.registry import BACKENDS, backend_traits
+
+    return kind in BACKENDS and backend_traits(kind).in_process
 
 def paired_interval(n: int, diff_of: Callable[[np.ndarray], np.ndarray], *, n_boot: int = N_BOOT,
                     seed: int = SEED) -> tuple[float, float] | None:
@@ -126,7 +132,7 @@ def compare_speed(b_cell: dict[str, Any], c_cell: dict[str, Any], b_rows: list[d
                 lower_is_better=False, factor=factor, comparable=comparable,
                 interval=paired_interval(len(d), lambda i: rate(d[:, 2:4], i) - rate(d[:, 0:2], i)))
     dec["n"] = int(len(d))
-    memory_ok = comparable and not ({b_cell.get("backend"), c_cell.get("backend")} & set(REMOTE_BACKENDS))
+    memory_ok = comparable and all(_measures_memory(c.get("backend")) for c in (b_cell, c_cell))
     if comparable and not memory_ok:
         note = "a remote backend: memory measured here is the client's, shown, not judged"
     metrics = {"latency_p95_s": lat, "decode_tps": dec}

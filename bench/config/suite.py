@@ -21,7 +21,6 @@ from pydantic import (
 from bench.config.validate import validate
 from bench.config.yamlpos import line_for, load_yaml_with_lines
 from bench.errors import UserInputError
-from bench.registry import LOCAL_KINDS  # noqa: F401 - re-exported for the runner
 
 TASK_KINDS = ("summarize", "classify", "extract", "rewrite", "normalize")
 

@@ -112,7 +112,9 @@ def resolve_on_node(backend_cfg: dict[str, Any], spec: dict[str, Any] | None) ->
 
     if spec is None:
         return None
-    if backend_cfg.get("kind") == "fake":
+    from bench.registry import backend_traits
+
+    if not backend_traits(backend_cfg["kind"]).loads_model_file:
         return ResolvedModel(id=spec["id"], quantization=spec["quantization"], path=Path(), sha256="",
                              size_bytes=0, chat=spec["chat"])
     ref = ModelRef.model_validate(spec["ref"])
@@ -128,8 +130,9 @@ def run_cell_on_cluster(ray: Any, hardware: str, backend_cfg: dict[str, Any], mo
         on_event(("fatal", f"unplaceable: no node of the Ray cluster offers hardware {hardware!r} "
                            f"(profiles present: {present}); start one with 'bench ray node --hardware {hardware}'"))
         return
-    gpus = 1 if backend_cfg.get("kind") == "vllm" or (backend_cfg.get("kind") == "llamacpp"
-                                                      and backend_cfg.get("n_gpu_layers")) else 0
+    from bench.registry import backend_traits
+
+    gpus = 1 if backend_traits(backend_cfg["kind"]).needs_gpu(backend_cfg) else 0
     remote = ray.remote(_cell_events).options(num_returns="streaming", num_cpus=1, num_gpus=gpus, max_retries=0,
                                              resources={RESOURCE_PREFIX + hardware: 1})
     last_error = ""

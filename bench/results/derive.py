@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from bench.registry import BACKENDS, backend_traits
 from bench.results.store import RunDir, write_json_atomic
 from bench.results.summary import build_summary
 
@@ -29,7 +30,8 @@ def write_summary(run: RunDir, profile: Any, bandwidth: tuple[float, str] | None
     for cell in summary["cells"]:
         row = first[cell["cell_id"]]
         mb, params_m = row.get("model_bytes"), row.get("params_m")
-        in_process = cell.get("locality") == "local" and cell["cell"]["backend"] != "openai"
+        kind = cell["cell"].get("backend")
+        in_process = cell.get("locality") == "local" and kind in BACKENDS and backend_traits(kind).in_process
         cell["model_bytes"] = mb
         cell["bandwidth_gbs"], cell["bandwidth_source"] = bandwidth if (bandwidth and in_process) else (None, None)
         placed = cell["cell"].get("hardware")

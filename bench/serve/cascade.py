@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench.registry import LOCAL_KINDS
+from bench.registry import backend_traits
 
 
 def plan(router: Any, task: str, fields: dict[str, Any] | None, text: str) -> list[str]:
@@ -47,7 +47,7 @@ class Gates:
         for task in router.tasks():
             for tier in router.doc["tasks"][task]["tiers"]:
                 backend = (tier.get("runtime") or {}).get("backend") or {}
-                if backend.get("kind") in LOCAL_KINDS or not backend:
+                if not backend or backend_traits(backend["kind"]).in_process:
                     limit = 1
                 else:
                     limit = int(concurrency or backend.get("concurrency") or 4)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, UserInputError, did_you_mean
-from bench.registry import LOCAL_KINDS
+from bench.registry import BACKENDS, backend_traits
 from bench.results.store import RunDir, find_runs
 
 
@@ -163,9 +163,10 @@ def _build_task(name: str, runs: list[tuple[RunDir, dict[str, Any]]], targets: d
         localities = sorted({r.get("locality") for r in rows[cid].values() if r.get("locality")})
         locality = localities[0] if len(localities) == 1 else (
             "cloud" if "cloud" in localities else (backend or {}).get("locality", "local"))
-        if kind in LOCAL_KINDS and cell.get("hardware") not in (None, (manifest.get("hardware") or {}).get("profile")):
+        in_process = kind in BACKENDS and backend_traits(kind).in_process
+        if in_process and cell.get("hardware") not in (None, (manifest.get("hardware") or {}).get("profile")):
             hourly = _profile_hourly(cell.get("hardware"))  # a cell placed on other hardware (a Ray node)
-        elif kind in LOCAL_KINDS:
+        elif in_process:
             hourly = (manifest.get("hardware") or {}).get("cost_per_hour_usd")
         else:
             hourly = _profile_hourly((backend or {}).get("hardware"))
