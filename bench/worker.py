@@ -78,7 +78,7 @@ def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list
         finally:
             sampler.stop()
     send(("done", {"peak_rss_mb": sampler.peak_mb, "peak_gpu_mb": sampler.gpu_peak_mb,
-                   "memory_samples": sampler.samples}))
+                   "memory_samples": sampler.samples, "memory_method": sampler.method}))
 
 
 def _main() -> None:

@@ -57,3 +57,39 @@ def test_require_quiet_waits_then_refuses_a_busy_machine(monkeypatch, busy_neigh
     assert runner._quiet_enough(plan, quiet=True) is False
     assert time.monotonic() - t0 < 10
     assert runner._quiet_enough(SimpleNamespace(backend=SimpleNamespace(kind="openai")), quiet=True) is True
+
+
+# ---------------------------------------------------------------- peak memory without a sampling thread
+
+def test_peak_memory_comes_from_the_kernel_with_no_thread_beside_inference() -> None:
+    """On Linux the RSS high-water mark is read and reset per window: each window's peak is its own allocation,
+    the cell's peak the largest, and no sampling thread runs where there is no GPU to sample."""
+    import threading
+
+    import pytest
+
+    from bench.measure.memory import MemorySampler, kernel_peak_available
+
+    if not kernel_peak_available():
+        pytest.skip("no /proc/self/clear_refs here: the 20 Hz sampler is used instead")
+    before = threading.active_count()
+    sampler = MemorySampler().start()
+    try:
+        if sampler.gpu.handle is None:
+            assert sampler._thread is None and threading.active_count() == before
+        assert sampler.method == "kernel VmHWM"
+        sampler.window()
+        big = bytearray(160 * 1024 * 1024)
+        big[::4096] = b"x" * len(big[::4096])  # touch every page
+        rss_with_big = sampler.rss_mb()
+        del big
+        first, _ = sampler.window()
+        small = bytearray(16 * 1024 * 1024)
+        small[::4096] = b"x" * len(small[::4096])
+        second, _ = sampler.window()
+        del small
+    finally:
+        sampler.stop()
+    assert first >= rss_with_big - 1  # the peak of a window survives the free that follows it
+    assert second < first - 100       # and the next window starts again from the current RSS
+    assert sampler.peak_mb >= first

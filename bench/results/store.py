@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -226,11 +227,13 @@ class SuiteLock:
             self._lock.acquire(timeout=self.wait_s)
         except Timeout:
             holder = "another process"
-            try:
-                h = json.loads(self.info.read_text(encoding="utf-8"))
-                holder = f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')}"
-            except (OSError, ValueError):
-                pass
+            for _ in range(20):  # the holder writes who it is just after taking the lock: give it a second
+                try:
+                    h = json.loads(self.info.read_text(encoding="utf-8"))
+                    holder = f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')}"
+                    break
+                except (OSError, ValueError):
+                    time.sleep(0.05)
             raise UserInputError(f"another bench run holds this suite's results ({holder}); wait for it to "
                                  "finish, or set BENCH_LOCK_WAIT=SECONDS to wait", file=str(self.path),
                                  hint="two runs of one suite at once would generate (and bill) samples twice") \
