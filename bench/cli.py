@@ -44,7 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_suite(suite, models=args.models, quantizations=args.quantizations, limit=args.limit,
                         hardware=args.hardware,
                         results_dir=Path(args.results), fresh=args.fresh, isolation=args.isolation,
-                        quiet=args.json, ray=args.ray, require_quiet=args.require_quiet)
+                        quiet=args.json, ray=args.ray, require_quiet=args.require_quiet,
+                        probe=not args.no_probe)
     summary = outcome.summary
     if args.json:
         _emit_json({"run_dir": str(outcome.run.path), "resumed": outcome.resumed,
@@ -147,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--require-quiet", action="store_true",
                    help="wait (60 s at most) for other processes to leave the CPU before timing each local cell; "
                         "a cell that never gets a quiet machine is not run (its samples error, a rerun retries)")
+    r.add_argument("--no-probe", action="store_true",
+                   help="do not measure this machine's memory bandwidth on a first run (the roofline then uses the "
+                        "hardware profile's figure, or none)")
     r.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
                    help="run each cell as a task on a Ray cluster (default address: auto)")
     r.set_defaults(func=cmd_run)

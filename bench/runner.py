@@ -220,6 +220,35 @@ def _bandwidth(info: dict[str, Any], profile: Any) -> tuple[float, str] | None:
     return (float(figure), "profile") if figure else None
 
 
+def _roofline_figures(info: dict[str, Any], profile: Any) -> dict[str, Any]:
+    bw = _bandwidth(info, profile)
+    return {"bandwidth_gbs": bw[0] if bw else None, "bandwidth_source": bw[1] if bw else None,
+            "peak_tflops_fp16": getattr(profile, "peak_tflops_fp16", None) if profile is not None else None,
+            "profile": getattr(profile, "id", None)}
+
+
+def _first_probe(info: dict[str, Any], quiet: bool) -> None:
+    """A first run on a machine without a stored bandwidth probe measures it once (seconds) and says so."""
+    from bench.display import console
+    from bench.hardware.probe import load_probe, probe, save_probe
+
+    if load_probe(info["fingerprint"]):
+        return
+    if not quiet:
+        console.print("no memory-bandwidth probe stored for this machine: measuring it once (a few seconds; "
+                      "`--no-probe` skips it)", soft_wrap=True)
+    try:
+        result = probe()
+    except (MemoryError, RuntimeError, OSError) as exc:
+        if not quiet:
+            console.print(f"[yellow]bandwidth probe failed ({exc}); the roofline uses the profile's figure[/]")
+        return
+    path = save_probe(info["fingerprint"], result)
+    if not quiet:
+        console.print(f"read {result['read_gbs']} GB/s, copy {result['copy_gbs']} GB/s in {result['elapsed_s']} s; "
+                      f"stored in {_shown_path(path)}", soft_wrap=True)
+
+
 def _shown_path(path: Path | None) -> str:
     """The suite's path relative to the working directory when it is below it, so committed results name no
     folder of the machine that made them."""
@@ -235,7 +264,7 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: l
               limit: int | None = None,
               hardware: str | None = None, results_dir: Path = Path("results"), fresh: bool = False,
               isolation: str = "process", quiet: bool = False, ray: str | None = None,
-              require_quiet: bool = False) -> RunOutcome:
+              require_quiet: bool = False, probe: bool = False) -> RunOutcome:
     """Run every cell of the suite's matrix on every sample not already stored; write the summary."""
     from bench.models.resolve import resolve_model
 
@@ -266,6 +295,8 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: l
     if not plans:
         raise UserInputError("the matrix has no cells (no models, or --models matched none)", file=str(suite.path),
                              line=suite_line(suite, "matrix"), field="matrix")
+    if probe and cluster is None and any(backend_traits(p.backend.kind).timed_here for p in plans):
+        _first_probe(info, quiet)
     manifest = {
         "suite": {"name": suite.name, "path": _shown_path(suite.path), "sha256": suite.sha256,
                   "identity": identity(suite),
@@ -274,6 +305,8 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: l
                   "max_p95_latency_s": suite.max_p95_latency_s, "n_samples": len(samples),
                   "min_samples": suite.min_samples, "delta": suite.delta,
                   "config": suite.model_dump(mode="json")},
+        # the figures the summary's roofline uses, so any command derives the same summary.json again
+        "roofline": _roofline_figures(info, profile),
         "bench_version": __version__,
         "environment": environment(),
         "hardware": {"detected": info, "fingerprint": info["fingerprint"], "profile": hardware_id if profile else None,

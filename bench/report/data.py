@@ -15,7 +15,7 @@ import numpy as np
 from bench.errors import UserInputError
 from bench.results.schema import cell_label
 from bench.results.store import RunDir, check_row, find_runs, read_json
-from bench.results.summary import build_summary, latest_per_sample
+from bench.results.summary import latest_per_sample
 from bench.stats import paired_bootstrap_diff
 
 MAX_DIST = 2000         # latency values kept per cell for the distribution plots (quantiles of the rest)
@@ -109,7 +109,9 @@ def _load_run(run: RunDir, data: ReportData, datasets: dict[str, dict[str, Any]]
     if has_summary:
         summary = read_json(run.summary_path)
     elif rows:  # a run still going (or killed): its summary is derived from its samples, as `bench run` would
-        summary = build_summary(rows, manifest)
+        from bench.results.derive import derive_summary
+
+        summary = derive_summary(run)
     else:
         return
     suite = manifest.get("suite") if isinstance(manifest.get("suite"), dict) else {}

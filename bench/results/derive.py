@@ -10,23 +10,38 @@ from bench.results.store import RunDir, write_json_atomic
 from bench.results.summary import build_summary
 
 
-def write_summary(run: RunDir, profile: Any, bandwidth: tuple[float, str] | None) -> dict[str, Any]:
-    """Derive summary.json from samples.jsonl, plus the roofline from the hardware's bandwidth and FLOP/s.
+def write_summary(run: RunDir, profile: Any = None, bandwidth: tuple[float, str] | None = None) -> dict[str, Any]:
+    """Derive summary.json (derive_summary) and write it atomically."""
+    summary = derive_summary(run, profile, bandwidth)
+    write_json_atomic(run.summary_path, summary)
+    return summary
 
-    `bandwidth` is (GB/s, where the figure came from: "probe" or "profile")."""
+
+def derive_summary(run: RunDir, profile: Any = None, bandwidth: tuple[float, str] | None = None,
+                   rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """summary.json from samples.jsonl, plus the roofline from the bandwidth and FLOP/s the run recorded in its
+    manifest (`roofline`), so every command derives the same document; runs made before the manifest kept them
+    use `profile` and `bandwidth` ((GB/s, "probe" or "profile")) as given."""
     from bench.roofline import (
         bandwidth_utilization,
         decode_ceiling_tps,
         prefill_utilization,
     )
 
-    rows = run.samples()
-    summary = build_summary(rows, run.manifest())
+    manifest = run.manifest()
+    rows = run.samples() if rows is None else rows
+    summary = build_summary(rows, manifest)
     first: dict[str, dict[str, Any]] = {}
     for r in rows:
         first.setdefault(r["cell_id"], r)
-    peak_tflops = getattr(profile, "peak_tflops_fp16", None) if profile is not None else None
-    run_profile = getattr(profile, "id", None)
+    recorded = manifest.get("roofline") if isinstance(manifest.get("roofline"), dict) else None
+    if recorded is not None:
+        bandwidth = ((float(recorded["bandwidth_gbs"]), str(recorded.get("bandwidth_source")))
+                     if recorded.get("bandwidth_gbs") else None)
+        peak_tflops, run_profile = recorded.get("peak_tflops_fp16"), recorded.get("profile")
+    else:
+        peak_tflops = getattr(profile, "peak_tflops_fp16", None) if profile is not None else None
+        run_profile = getattr(profile, "id", None)
     for cell in summary["cells"]:
         row = first[cell["cell_id"]]
         mb, params_m = row.get("model_bytes"), row.get("params_m")
@@ -49,7 +64,6 @@ def write_summary(run: RunDir, profile: Any, bandwidth: tuple[float, str] | None
                                        if in_process and params_m and peak_tflops and cell.get("prefill_tps")
                                        else None)
     _quantization_costs(summary, rows)
-    write_json_atomic(run.summary_path, summary)
     return summary
 
 
