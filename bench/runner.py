@@ -378,7 +378,7 @@ def _write_inputs(run: Any, suite: Suite, samples: list[Sample]) -> None:
     writer = SampleWriter(run.inputs_path)
     try:
         for s in new:
-            writer.write({"sample_id": s.id, "split": s.split,
+            writer.write({"sample_id": s.id, "split": s.split, "reference": s.reference,
                           "fields": {f: s.fields.get(f) for f in suite.dataset.input_fields}})
     finally:
         writer.close()

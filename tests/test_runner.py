@@ -184,3 +184,28 @@ def test_first_run_on_a_machine_measures_bandwidth_once(tmp_path, monkeypatch, c
     from bench.hardware.probe import load_probe
 
     assert load_probe("abc123")["read_gbs"] == 12.5
+
+
+def test_classify_summary_reports_macro_f1_beside_accuracy(tmp_path, fake_suite) -> None:
+    """Macro-F1 per classify cell from the references inputs.jsonl keeps, checked against scikit-learn's."""
+    import json
+
+    import pytest
+    from sklearn.metrics import f1_score
+
+    from bench.config import load_suite
+    from bench.runner import run_suite
+
+    suite = load_suite(fake_suite)
+    out = run_suite(suite, results_dir=tmp_path / "r", isolation="inline", quiet=True)
+    summary = json.loads(out.run.summary_path.read_text())
+    refs = out.run.references()
+    rows = out.run.samples()
+    labels = list(suite.task.labels)
+    for cell in summary["cells"]:
+        mine = [r for r in rows if r["cell_id"] == cell["cell_id"]]
+        pred = [r["parsed"] if r["parsed"] is not None else "(none)" for r in mine]
+        ref = [refs[str(r["sample_id"])] for r in mine]
+        expected = f1_score(ref, pred, labels=[x for x in labels if x in ref or x in pred], average="macro")
+        assert cell["macro_f1"] == pytest.approx(expected) and cell["macro_f1_n"] == len(mine)
+    assert len({c["macro_f1"] for c in summary["cells"]}) == 2  # the two tiers differ

@@ -64,7 +64,34 @@ def derive_summary(run: RunDir, profile: Any = None, bandwidth: tuple[float, str
                                        if in_process and params_m and peak_tflops and cell.get("prefill_tps")
                                        else None)
     _quantization_costs(summary, rows)
+    _macro_f1(summary, rows, manifest, run)
     return summary
+
+
+def _macro_f1(summary: dict[str, Any], rows: list[dict[str, Any]], manifest: dict[str, Any], run: RunDir) -> None:
+    """Classify cells: macro-F1 over the suite's labels beside accuracy (errors and unparsed answers are wrong),
+    from the references inputs.jsonl keeps; absent for runs made before it kept them."""
+    from bench.tasks.base import norm_text
+    from bench.tasks.classify import macro_f1
+
+    suite = manifest.get("suite") or {}
+    labels = (((suite.get("config") or {}).get("task")) or {}).get("labels")
+    if suite.get("task") != "classify" or not labels:
+        return
+    refs = run.references()
+    if not refs:
+        return
+    canon = {norm_text(label): label for label in labels}
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:  # the latest row per cell and sample, as the summary counts them
+        latest[(r["cell_id"], str(r["sample_id"]))] = r
+    for cell in summary["cells"]:
+        pairs = [(None if r.get("error") or r.get("parsed") is None else canon.get(norm_text(str(r["parsed"]))),
+                  canon.get(norm_text(str(refs[sid]))))
+                 for (cid, sid), r in latest.items() if cid == cell["cell_id"] and sid in refs]
+        pairs = [(p, ref) for p, ref in pairs if ref is not None]
+        cell["macro_f1"] = macro_f1([p for p, _ in pairs], [ref for _, ref in pairs], labels) if pairs else None
+        cell["macro_f1_n"] = len(pairs)
 
 
 def _profile(profile_id: str | None) -> Any:

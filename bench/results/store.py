@@ -189,6 +189,11 @@ class RunDir:
         return {str(r["sample_id"]): r.get("fields") or {} for r in iter_jsonl(self.inputs_path)
                 if "sample_id" in r}
 
+    def references(self) -> dict[str, Any]:
+        """sample_id -> the sample's reference, from inputs.jsonl (runs before it stored them: empty)."""
+        return {str(r["sample_id"]): r["reference"] for r in iter_jsonl(self.inputs_path)
+                if "sample_id" in r and r.get("reference") is not None}
+
     def manifest(self) -> dict[str, Any]:
         return read_json(self.manifest_path)
 
