@@ -167,6 +167,7 @@ def test_batch_energy_is_split_by_share_not_given_to_the_first_sample(monkeypatc
         gpu = type("G", (), {"readings": iter([0.0, 90_000.0, 90_000.0, 90_000.0]),
                              "energy_mj": lambda self: next(self.readings)})()
         peak_mb = gpu_peak_mb = samples = None
+        method = "test stand-in"
 
         def start(self):
             return self
