@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.config.suite import Suite, suite_line, template_fields
+from bench.config.suite import ClassifyTask, RewriteTask, Suite, suite_line, template_fields
 from bench.errors import UserInputError
 
 
@@ -34,7 +34,8 @@ def _load_rows(suite: Suite) -> list[dict[str, Any]]:
         return [_plain(dict(r)) for r in ds]
     path = suite.data_path()
     assert path is not None
-    where = dict(file=str(suite.path), line=suite_line(suite, "dataset", "path"), field="dataset.path")
+    where: dict[str, Any] = dict(file=str(suite.path), line=suite_line(suite, "dataset", "path"),
+                                field="dataset.path")
     if not path.is_file():
         raise UserInputError(f"dataset file not found: {path}", **where)
     if path.stat().st_size == 0:
@@ -100,7 +101,7 @@ def _read_json_rows(path, where: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise UserInputError(f"{path.name} line {i}: not valid JSON ({exc.msg})", **where) from None
         if not isinstance(row, dict):
             raise UserInputError(f"{path.name} line {i}: expected a JSON object per line", **where)
@@ -138,10 +139,10 @@ def load_samples(suite: Suite, limit: int | None = None) -> list[Sample]:
     seen: set[str] = set()
     samples = []
     for n, row in enumerate(rows, 1):
-        missing = sorted(k for k in needed if row.get(k) is None)
-        if missing:
-            fld = "dataset.reference_field" if ds.reference_field in missing else "dataset.input_fields"
-            raise UserInputError(f"row {n} of the dataset has no value for {missing}", file=file,
+        absent = sorted(k for k in needed if row.get(k) is None)
+        if absent:
+            fld = "dataset.reference_field" if ds.reference_field in absent else "dataset.input_fields"
+            raise UserInputError(f"row {n} of the dataset has no value for {absent}", file=file,
                                  line=suite_line(suite, *fld.split(".")), field=fld)
         sid = str(row[ds.id_field])
         if sid in seen:
@@ -179,7 +180,7 @@ def _balanced_head(samples: list[Sample], n: int) -> list[Sample]:
 
 def _check_task_data(suite: Suite, samples: list[Sample]) -> None:
     file = str(suite.path)
-    if suite.kind == "classify":
+    if isinstance(suite.task, ClassifyTask):
         labels = set(suite.task.labels)
         outside = sorted({str(s.reference) for s in samples} - labels)
         if outside:
@@ -191,7 +192,7 @@ def _check_task_data(suite: Suite, samples: list[Sample]) -> None:
             raise UserInputError(f"references must be JSON objects; not for samples {bad[:5]}", file=file,
                                  line=suite_line(suite, "dataset", "reference_field"),
                                  field="dataset.reference_field")
-    if suite.kind == "rewrite" and suite.task.required_terms_field:
+    if isinstance(suite.task, RewriteTask) and suite.task.required_terms_field:
         f = suite.task.required_terms_field
         if any(f not in s.fields for s in samples):
             raise UserInputError(f"some rows have no field {f!r}", file=file,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +120,7 @@ def mean_interval(x: np.ndarray, *, alpha: float = 0.05, seed: int = 0, n_boot: 
     return lo, hi, method
 
 
-def mean_ci(values: Sequence[float | None], *, seed: int = 0, alpha: float = 0.05) -> dict[str, float | int | None]:
+def mean_ci(values: Sequence[float | None], *, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
     """Mean with a (1 - alpha) interval: Clopper-Pearson for 0/1 scores, BCa-or-t for continuous ones."""
     arr = clean(values)
     if arr.size == 0:

@@ -18,7 +18,7 @@ def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list
     from bench.config.suite import BackendConfig
     from bench.measure.memory import MemorySampler, rapl_energy_uj
 
-    cfg = TypeAdapter(BackendConfig).validate_python(backend_cfg)
+    cfg: BackendConfig = TypeAdapter(BackendConfig).validate_python(backend_cfg)
     sampler = MemorySampler().start()
     rss_before = sampler.rss_mb()
     t0 = time.perf_counter()

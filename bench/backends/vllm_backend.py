@@ -55,10 +55,10 @@ def _timing(metrics: Any, wall_s: float) -> dict[str, Any] | None:
         ttft = first_ts - queued_ts  # monotonic; the arrival-to-queue gap (input processing) is not in it
         source = "vllm monotonic times from queueing"
     decode = last_ts - first_ts
-    out = {"t_first_token": ttft, "t_prefill_end": ttft, "t_end": ttft + decode,
+    out: dict[str, Any] = {"t_first_token": ttft, "t_prefill_end": ttft, "t_end": ttft + decode,
            "queued_s": (scheduled_ts - queued_ts) if scheduled_ts is not None and queued_ts is not None else None,
            "arrival_time": _num(metrics, "arrival_time"), "source": source}
-    times = [v for k, v in out.items() if k in ("t_first_token", "t_end", "queued_s") and v is not None]
+    times = [float(out[k]) for k in ("t_first_token", "t_end", "queued_s") if out[k] is not None]
     if any(v < 0 or v > wall_s + 1e-3 for v in times):
         return None
     return out

@@ -307,9 +307,14 @@ class ModelRef(Strict):
     chat: bool | None = None
 
 
+def _default_backend() -> BackendConfig:
+    """The embedded default: llama.cpp in this process."""
+    return LlamaCppBackendConfig(kind="llamacpp")
+
+
 class MatrixConfig(Strict):
     models: list[ModelRef | str] = []
-    backends: list[BackendConfig] = Field(default_factory=lambda: [LlamaCppBackendConfig(kind="llamacpp")])
+    backends: list[BackendConfig] = Field(default_factory=lambda: [_default_backend()])
     hardware: list[str] = Field([], description="hardware profiles to cross the in-process cells with; each cell "
                                 "runs on a Ray node advertising that profile (needs --ray or executor: ray)")
 

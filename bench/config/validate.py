@@ -27,7 +27,7 @@ def validate(model: type[M], data: Any, lines: dict[Loc, int], path: Path) -> M:
         field = ".".join(str(k) for k in keys) or None
         hint = _hint_for_extra(model, keys, data) if first.get("type") == "extra_forbidden" and keys else None
         more = len(errors) - 1
-        message = _explain(first) + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+        message = _explain(dict(first)) + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
         raise UserInputError(message, file=str(path), line=line_for(lines, keys), field=field, hint=hint) from None
 
 

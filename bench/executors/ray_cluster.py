@@ -92,8 +92,12 @@ def _cell_events(backend_cfg: dict[str, Any], model_spec: dict[str, Any] | None,
         yield ("fatal", f"model unavailable on node {socket.gethostname()}: {exc}")
         return
     events: queue.Queue = queue.Queue()
-    worker = threading.Thread(target=lambda: (run_cell(events.put, backend_cfg, model, requests),
-                                              events.put(("_end", None))), daemon=True)
+
+    def work() -> None:
+        run_cell(events.put, backend_cfg, model, requests)
+        events.put(("_end", None))
+
+    worker = threading.Thread(target=work, daemon=True)
     worker.start()
     while True:
         event = events.get()

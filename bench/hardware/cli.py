@@ -33,8 +33,9 @@ def report(profile_id: str | None, do_probe: bool, quiet: bool = False) -> dict[
     if do_probe:
         if not quiet:
             _console(stderr=True).print("measuring memory bandwidth (a few seconds)...")
-        measured: dict[str, Any] | None = probe()
-        save_probe(fp, measured)
+        result = probe()
+        save_probe(fp, result)
+        measured: dict[str, Any] | None = result
     else:
         measured = load_probe(fp)
     return {

@@ -241,7 +241,7 @@ def current(profile_id: str | None = None, directory: str | Path | None = None
         if profile.match is not None and not profile.match.matches(info):
             note += " (it does not match the detected machine; its cost and peaks are used as given)"
         return info, profile, note
-    profile = match_profile(info, load_profiles(directory))
-    if profile is None:
+    matched = match_profile(info, load_profiles(directory))
+    if matched is None:
         return info, None, "no profile matched this machine; cost is unknown (choose one with --hardware)"
-    return info, profile, f"matched {profile.id}"
+    return info, matched, f"matched {matched.id}"

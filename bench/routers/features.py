@@ -26,8 +26,8 @@ def request_text(fields: dict[str, Any] | None, input_fields: list[str], fallbac
     """The request as one string: the suite's input fields in order, one per line; free-form text otherwise."""
     if not fields:
         return fallback
-    parts = [fields.get(f) for f in input_fields if fields.get(f) is not None]
-    parts = [p if isinstance(p, str) else str(p) for p in parts]
+    values = [fields.get(f) for f in input_fields]
+    parts = [v if isinstance(v, str) else str(v) for v in values if v is not None]
     return "\n".join(parts) if parts else fallback
 
 

@@ -48,6 +48,12 @@ def _cost(s: dict[str, Any], basis: str) -> float | None:
     return s.get("cost_per_1k_usd") if basis == "usd" else s.get("latency_mean_s")
 
 
+def _sort_cost(s: dict[str, Any], basis: str) -> float:
+    """A policy's cost for ordering: unknown costs last."""
+    c = _cost(s, basis)
+    return float("inf") if c is None else float(c)
+
+
 def contest(cal: Calibrated, choice: Choice) -> dict[str, Any]:
     """routing.json's `families` block for one task."""
     by_kind: dict[str, list] = {k: [] for k in KINDS}
@@ -104,7 +110,7 @@ def _saving(best_hold: dict[str, dict[str, Any]], basis: str) -> dict[str, Any]:
     casc = best_hold.get("cascade") or best_hold.get("single")
     if not pre or casc is None:
         return {"saving": None, "message": "not both qualified: no comparison"}
-    p = min(pre, key=lambda h: _cost(h, basis) if _cost(h, basis) is not None else float("inf"))
+    p = min(pre, key=lambda h: _sort_cost(h, basis))
     cp, cc = _cost(p, basis), _cost(casc, basis)
     if cp is None or cc is None or cc <= 0:
         return {"saving": None, "message": "unpriced: no comparison"}

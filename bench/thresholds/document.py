@@ -262,7 +262,7 @@ def task_entry(task: TaskData) -> dict[str, Any]:
 
 def build(tasks: list[TaskData]) -> dict[str, Any]:
     """The whole routing.json document, rounded; only created_at depends on when it was made."""
-    doc = {"schema_version": ROUTING_SCHEMA_VERSION, "created_at": utcnow(), "bench_version": __version__,
+    doc: dict[str, Any] = {"schema_version": ROUTING_SCHEMA_VERSION, "created_at": utcnow(), "bench_version": __version__,
            "sources": sorted({r for t in tasks for r in t.run_ids}),
            "tasks": {t.name: task_entry(t) for t in tasks}, "rules": RULES}
     kept = {name: t["prerouter"].pop(ARTIFACT_DOC) for name, t in doc["tasks"].items()

@@ -116,6 +116,7 @@ def replay(split: Split, policy: Policy) -> Replay:
 def _replay_pre(split: Split, policy: Policy) -> Replay:
     """A pre-routed policy: the cheap path where the probability reaches the threshold, else the last tier."""
     pre = policy.pre
+    assert pre is not None, "a pre-routed policy has its pre-router"
     cheap, strong = policy.chain[0], policy.chain[-1]
     go = split.prob[(pre.family, cheap)] >= pre.threshold
     path = replay(split, Policy(policy.chain, policy.thresholds) if pre.cascade else Policy((cheap,), ()))
@@ -131,7 +132,7 @@ def _replay_pre(split: Split, policy: Policy) -> Replay:
 def chains(cal: Calibrated) -> list[tuple[int, ...]]:
     """Ordered subsets of eligible tiers, cheapest first, each ending in the tier that always answers."""
     elig = cal.eligible_indices()
-    out = []
+    out: list[tuple[int, ...]] = []
     for last in elig:
         cheaper = [i for i in elig if i < last]
         for r in range(min(len(cheaper), MAX_CHAIN - 1) + 1):
