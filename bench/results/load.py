@@ -7,8 +7,9 @@ The merge rule, for reruns, resumes and several runs of one suite alike:
 
 So a retried errored sample is replaced by its retry (the runner appends the retry to the same run); a resumed run
 simply continues its file; and a later run of the same cell replaces the samples it re-ran and keeps the others.
-Sample ids are compared as strings. `bench thresholds` then keeps only the runs whose suite identity (data, split,
-prompt) matches its latest run's; the summary, compare, the report and the pytest plugin use the rule as it is.
+Sample ids are compared as strings. `started_at` is stamped to the second: runs started in the same second are
+ordered by run id. `bench thresholds` then keeps only the runs whose suite identity (data, split, prompt) matches
+its latest run's; the summary, compare, the report and the pytest plugin use the rule as it is.
 
 Rows stay dicts (the JSONL on disk, parsed by orjson) so that a million of them load without a million objects;
 `CellRows.typed()` validates a cell's rows into `SampleRow` models when typed access is wanted.
@@ -26,11 +27,6 @@ from bench.results.rows import RunManifest, RunSummary, SampleRow, validate_mani
 from bench.results.store import RunDir, find_runs, iter_samples, read_json
 
 Row = dict[str, Any]
-
-
-def sample_key(row: Row) -> tuple[str, str]:
-    """The key under which a later row replaces an earlier one (within one suite)."""
-    return row["cell_id"], str(row["sample_id"])
 
 
 def latest_rows(rows: Iterable[Row]) -> list[Row]:

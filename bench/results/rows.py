@@ -57,7 +57,7 @@ class SampleRow(Versioned):
     split: str | None = None
     output: str | None = None
     parsed: Any = None
-    score: float | None = None
+    score: float | bool | None = None      # a bool here is not a score: quality() reads it as None
     scores: dict[str, Any] = Field(default_factory=dict)
     verified: bool | None = None
     confidence: float | None = None
@@ -94,7 +94,7 @@ class SampleRow(Versioned):
         if self.error:
             return 0.0
         if key is None:
-            return self.score
+            return None if isinstance(self.score, bool) else self.score
         v = self.scores.get(key)
         return float(v) if isinstance(v, (int, float)) else None
 
