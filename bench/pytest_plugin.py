@@ -150,7 +150,6 @@ class BenchSuites:
 
     def check_cell(self, suite_name: str, cell: dict[str, Any], benchmark: Any) -> None:
         from bench.errors import BenchError
-        from bench.stats import mean_ci
         from bench.tasks import get_task
 
         outcome = self.outcome(suite_name)
@@ -161,10 +160,8 @@ class BenchSuites:
         if not rows:
             pytest.fail(f"{cell_name(cell)}: no samples were stored for this cell in {outcome.run.path}",
                         pytrace=False)
-        from bench.results.summary import quality_value
-
         ok = [r for r in rows if not r.get("error")]
-        quality = mean_ci([quality_value(r) for r in rows])  # an errored request counts as a failed one
+        quality = cell_quality(rows)  # an errored request counts as a failed one
         latencies = [r["latency_s"] for r in ok if isinstance(r.get("latency_s"), (int, float))
                      and math.isfinite(r["latency_s"])]
         metric = next((r.get("metric") for r in rows if r.get("metric")), "quality")
@@ -192,28 +189,47 @@ class BenchSuites:
             pytest.fail(f"{text}: the {which} misses the target {suite.target:g}", pytrace=False)
 
     def cell_rows(self, outcome: Any, suite: Any, cell: dict[str, Any]) -> list[dict[str, Any]]:
-        """The latest row per sample of this cell, over this session's samples (--bench-limit applies).
-
-        The run directory may hold the cell on other hardware too (a results folder moved between machines);
-        the one written most recently is this machine's."""
+        """The latest row per sample of this cell in this session's run, over this session's samples
+        (--bench-limit applies)."""
         from bench.data import load_samples
-        from bench.results.summary import latest_per_sample
 
-        key = (cell["model"], cell.get("quantization"), cell["backend"], cell.get("gen"))
-        ids = {s.id for s in load_samples(suite, self.limit)}
-        by_cell: dict[str, list[dict[str, Any]]] = {}
-        for r in latest_per_sample(outcome.run.samples()):
-            c = r.get("cell") or {}
-            same = (c.get("model"), c.get("quantization"), c.get("backend"), c.get("gen")) == key
-            if same and r["sample_id"] in ids:
-                by_cell.setdefault(r["cell_id"], []).append(r)
-        if not by_cell:
-            return []
+        return cell_rows([outcome.run.path], cell, {s.id for s in load_samples(suite, self.limit)})
 
-        def newest(rows: list[dict[str, Any]]) -> float:
-            return max(((r.get("timings") or {}).get("t_start") or 0.0) for r in rows)
 
-        return max(by_cell.values(), key=newest)
+def cell_rows(paths: list[Any], cell: dict[str, Any], ids: set[str] | None = None) -> list[dict[str, Any]]:
+    """The cell's latest row per sample (bench.results.load's merge rule) in the runs at or below `paths`, only
+    the samples in `ids` when given.
+
+    The runs may hold the cell on other hardware too (a results folder moved between machines); the one written
+    most recently is this machine's."""
+    from bench.results.load import load_runs
+
+    key = (cell["model"], cell.get("quantization"), cell["backend"], cell.get("gen"))
+    wanted = None if ids is None else {str(i) for i in ids}
+    by_cell: list[list[dict[str, Any]]] = []
+    for suite in load_runs(list(paths)).suites.values():
+        for merged in suite.cells.values():
+            c = merged.cell
+            if (c.get("model"), c.get("quantization"), c.get("backend"), c.get("gen")) != key:
+                continue
+            rows = [r for sid, r in merged.rows.items() if wanted is None or sid in wanted]
+            if rows:
+                by_cell.append(rows)
+    if not by_cell:
+        return []
+
+    def newest(rows: list[dict[str, Any]]) -> float:
+        return max(((r.get("timings") or {}).get("t_start") or 0.0) for r in rows)
+
+    return max(by_cell, key=newest)
+
+
+def cell_quality(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cell's quality with its 95% interval, as the summary counts it: an errored request is a failed one."""
+    from bench.results.summary import quality_value
+    from bench.stats import mean_ci
+
+    return mean_ci([quality_value(r) for r in rows])
 
 
 def record_latencies(benchmark: Any, latencies: list[float]) -> None:

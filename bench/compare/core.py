@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,8 @@ import numpy as np
 from bench import SCHEMA_VERSION
 from bench.compare.speed import DEFAULT_FACTOR, _num, compare_speed
 from bench.errors import UserInputError
-from bench.results.schema import cell_id as make_cell_id
+from bench.results.load import load_runs
 from bench.results.schema import cell_label
-from bench.results.store import find_runs
 from bench.stats import Z95, diff_interval, is_binary, mcnemar_exact, mean_ci
 
 DEFAULT_TOLERANCE = 0.02  # the suite's own default, for manifests that carry none
@@ -41,7 +39,7 @@ class CellData:
 
 @dataclass
 class TaskData:
-    """One suite on one side, its runs merged: a later run's cell replaces an earlier run's cell of the same key."""
+    """One suite on one side, its runs merged by bench.results.load's rule: the latest row per cell and sample."""
 
     name: str
     suite: dict[str, Any]
@@ -52,37 +50,14 @@ class TaskData:
 
 # ---------------------------------------------------------------- loading
 
-def _cells_of(run: Any, run_id: str) -> list[CellData]:
-    cells: dict[str, CellData] = {}
-    for i, row in enumerate(run.samples(), 1):
-        if not isinstance(row.get("cell"), dict) or "sample_id" not in row:
-            raise UserInputError(f"line {i} has no 'cell' or 'sample_id'", file=str(run.samples_path))
-        cid = row.get("cell_id") or make_cell_id(row["cell"])
-        cell = cells.setdefault(cid, CellData(cell=row["cell"], cell_id=cid, run_id=run_id))
-        cell.rows[str(row["sample_id"])] = row  # a later line (a retry) replaces an earlier one
-    return list(cells.values())
-
-
 def load_side(path: str | Path) -> dict[str, TaskData]:
     """Every suite found at or below path, by suite name."""
-    by_suite: dict[str, list[tuple[dict[str, Any], Any]]] = defaultdict(list)
-    for run in find_runs([path]):
-        manifest = run.manifest()
-        name = (manifest.get("suite") or {}).get("name")
-        if not name:
-            raise UserInputError("the manifest names no suite", file=str(run.manifest_path), field="suite.name")
-        by_suite[name].append((manifest, run))
     tasks: dict[str, TaskData] = {}
-    for name, items in by_suite.items():
-        items.sort(key=lambda mr: (mr[0].get("started_at") or "", mr[0].get("run_id") or ""))
-        merged: dict[str, CellData] = {}
-        for manifest, run in items:
-            for cell in _cells_of(run, str(manifest.get("run_id"))):
-                merged.pop(cell.cell_id, None)
-                merged[cell.cell_id] = cell
-        tasks[name] = TaskData(name=name, suite=items[-1][0]["suite"], runs=[str(m.get("run_id")) for m, _ in items],
-                               cells=list(merged.values()),
-                               identities={m["suite"]["identity"] for m, _ in items if m["suite"].get("identity")})
+    for name, found in load_runs([path], lean=True).suites.items():  # speed reads latency_s, not the timings
+        cells = [CellData(cell=c.cell, cell_id=cid, run_id=c.run_id, rows=c.rows) for cid, c in found.cells.items()]
+        tasks[name] = TaskData(name=name, suite=found.latest.manifest.suite.model_dump(),
+                               runs=[r.run_id for r in found.runs], cells=cells,
+                               identities={r.manifest.suite.identity for r in found.runs if r.manifest.suite.identity})
     return tasks
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from bench.errors import UserInputError
+from bench.results.load import SuiteRuns, latest_rows, load_run, load_runs
 from bench.results.schema import cell_label
-from bench.results.store import RunDir, check_row, find_runs, read_json
-from bench.results.summary import latest_per_sample
+from bench.results.store import iter_samples
 from bench.stats import paired_bootstrap_diff
 
 MAX_DIST = 2000         # latency values kept per cell for the distribution plots (quantiles of the rest)
@@ -23,9 +22,6 @@ EXAMPLE_SAMPLES = 3     # samples per task shown with every cell's answer
 OUTPUT_CHARS = 1200     # an answer longer than this is cut in the examples table
 INPUT_CHARS = 600       # likewise the dataset text beside it
 DATASET_MAX_BYTES = 64 * 2**20
-# The bulky per-token fields, cut from each line before parsing when summary.json already holds what they give.
-# A quoted key followed by ':' cannot occur inside a JSON string (its quotes would be escaped there).
-_BULKY = re.compile(rb'"(?:timings|token_logprobs)"\s*:\s*(?:\{[^{}]*\}|\[[^\[\]]*\])')
 
 
 @dataclass
@@ -77,18 +73,19 @@ def load_routing(path: str | Path) -> dict[str, Any]:
 
 
 def load_report_data(results: list[str | Path], routing: str | Path | None = None) -> ReportData:
-    """Load every run at or below `results` into flat rows (each run read once)."""
+    """Load every run at or below `results` into flat rows (each run read once), cells merged across the runs of
+    a suite by bench.results.load's rule: the latest row per cell and sample."""
     if not results:
         raise UserInputError("no results directories given", field="RESULTS")
     data = ReportData()
     if routing:
         data.routing = load_routing(routing)
         data.routing_path = str(routing)
-    runs = find_runs(list(results))
+    found = load_runs(list(results), lean=True, need_suite_name=False)  # summary.json holds the timings' figures
     datasets: dict[str, dict[str, Any]] = {}
     outputs: dict[str, dict[str, tuple]] = {}
-    for run in runs:
-        _load_run(run, data, datasets, outputs)
+    for suite in found.suites.values():
+        _load_suite(suite, data, datasets, outputs)
     if not data.cells:
         raise UserInputError("no cells found: the runs have no samples yet",
                              file=", ".join(str(r) for r in results))
@@ -101,92 +98,108 @@ def load_report_data(results: list[str | Path], routing: str | Path | None = Non
     return data
 
 
-def _load_run(run: RunDir, data: ReportData, datasets: dict[str, dict[str, Any]],
-              outputs: dict[str, dict[str, tuple]]) -> None:
-    manifest = run.manifest()
-    has_summary = run.summary_path.exists()
-    rows = latest_per_sample(read_samples(run.samples_path, lean=has_summary))
-    if has_summary:
-        summary = read_json(run.summary_path)
-    elif rows:  # a run still going (or killed): its summary is derived from its samples, as `bench run` would
-        from bench.results.derive import derive_summary
+def _summaries(suite: SuiteRuns) -> dict[int, dict[str, Any]]:
+    """Each run's summary.json; a run still going (or killed) is summarised from its samples, as `bench run`
+    would; a run with neither is left out."""
+    from bench.results.derive import derive_summary
 
-        summary = derive_summary(run)
-    else:
-        return
-    suite = manifest.get("suite") if isinstance(manifest.get("suite"), dict) else {}
-    run_id = str(manifest.get("run_id") or summary.get("run_id") or run.path.name)
-    task = str(suite.get("name") or summary.get("suite") or run.path.parent.name)
-    kind = suite.get("task") or summary.get("task")
-    if task not in {t["key"] for t in data.tasks}:
-        data.tasks.append({"key": task, "kind": kind, "metric": suite.get("metric"),
-                           "target": num(suite.get("target", summary.get("target"))),
-                           "higher_is_better": _higher_is_better(kind),
-                           "description": _get(suite, "config", "description") or ""})
-        datasets[task] = {"config": _get(suite, "config", "dataset") or {}, "suite_path": suite.get("path")}
-    hw = manifest.get("hardware") if isinstance(manifest.get("hardware"), dict) else {}
-    data.runs.append({"run_id": run_id, "task": task, "path": str(run.path), "started_at": manifest.get("started_at"),
-                      "finished_at": manifest.get("finished_at"), "hardware": hw.get("profile") or hw.get("note"),
-                      "bench_version": manifest.get("bench_version"), "n_samples": len(rows)})
-    by_cell: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_cell[str(r.get("cell_id"))].append(r)
-    for c in summary.get("cells") or []:
-        if not isinstance(c, dict) or not isinstance(c.get("cell"), dict):
+    out: dict[int, dict[str, Any]] = {}
+    for run in suite.runs:
+        summary = run.summary()
+        if summary is None and run.rows:
+            summary = derive_summary(run.dir)
+        if summary is not None:
+            out[id(run)] = summary
+    return out
+
+
+def _merged_summary(suite: SuiteRuns) -> dict[str, dict[str, Any]]:
+    """cell_id -> summary cell derived from the merged rows of every run of the suite (read again in full: the
+    lean rows lack the timings), for cells whose latest rows come from more than one run."""
+    from bench.results.derive import derive_summary
+
+    runs = [load_run(r.dir) for r in suite.runs]
+    rows = latest_rows(r for run in runs for r in run.rows)
+    summary = derive_summary(suite.latest.dir, rows=rows)
+    return {str(c.get("cell_id")): c for c in summary.get("cells") or [] if isinstance(c, dict)}
+
+
+def _load_suite(suite: SuiteRuns, data: ReportData, datasets: dict[str, dict[str, Any]],
+                outputs: dict[str, dict[str, tuple]]) -> None:
+    summaries = _summaries(suite)
+    task = suite.name
+    for run in suite.runs:
+        if id(run) not in summaries:
             continue
-        row = _flat_cell(c, task, run_id, suite)
-        data.cells.append(row)
-        key = row["key"]
-        ttft, lat, scores, outs = [], [], {}, {}
-        for r in by_cell.get(row["cell_id"], []):
-            sid = str(r.get("sample_id"))
-            score = num(r.get("score"))
-            if not r.get("error"):
-                if (t := num(r.get("ttft_s"))) is not None:
-                    ttft.append(t)
-                if (t := num(r.get("latency_s"))) is not None:
-                    lat.append(t)
-                if score is not None:
-                    scores[sid] = score
-            out = r.get("output")
-            outs[sid] = (r.get("split"), None if out is None else str(out)[:OUTPUT_CHARS + 1], score,
-                         r.get("verified"), r.get("error"))
-        if not ttft:
-            ttft = [v for v in map(num, c.get("ttft_raw_s") or []) if v is not None]
-        if not lat:
-            lat = [v for v in map(num, c.get("latency_raw_s") or []) if v is not None]
-        data.dists[key] = {"ttft": thin(ttft), "latency": thin(lat)}
-        data.scores[key] = scores
-        outputs[key] = outs
+        summary = summaries[id(run)]
+        info, kind = run.manifest.suite, run.manifest.suite.task or summary.get("task")
+        if task not in {t["key"] for t in data.tasks}:
+            config = info.config or {}
+            data.tasks.append({"key": task, "kind": kind, "metric": info.metric,
+                               "target": num(info.target if info.target is not None else summary.get("target")),
+                               "higher_is_better": _higher_is_better(kind),
+                               "description": config.get("description") or ""})
+            datasets[task] = {"config": config.get("dataset") or {}, "suite_path": info.path}
+        hw = run.manifest.hardware
+        data.runs.append({"run_id": run.run_id, "task": task, "path": str(run.path),
+                          "started_at": run.manifest.started_at, "finished_at": run.manifest.finished_at,
+                          "hardware": hw.profile or hw.note, "bench_version": run.manifest.bench_version,
+                          "n_samples": len(latest_rows(run.rows))})
+    info = suite.latest.manifest.suite.model_dump()
+    merged: dict[str, dict[str, Any]] | None = None
+    for cid, cell in suite.cells.items():
+        runs = cell.runs
+        own = summaries.get(id(runs[0])) if len(runs) == 1 else None
+        c = next((c for c in (own or {}).get("cells") or [] if isinstance(c, dict) and c.get("cell_id") == cid
+                  and c.get("n") == len(cell.rows)), None)
+        run = runs[0] if c is not None else cell.run
+        if c is None:  # rows of several runs, or a stale summary (a resume killed before it rewrote summary.json)
+            merged = _merged_summary(suite) if merged is None else merged
+            c = merged.get(cid)
+        if c is None or run is None or id(run) not in summaries:
+            continue
+        _add_cell(c, list(cell.rows.values()), task, run.run_id, info, data, outputs)
+    for run in suite.runs:  # cells a summary lists though samples.jsonl no longer holds them: the summary alone
+        for c in (summaries.get(id(run)) or {}).get("cells") or []:
+            if isinstance(c, dict) and str(c.get("cell_id")) not in suite.cells:
+                _add_cell(c, [], task, run.run_id, info, data, outputs)
+
+
+def _add_cell(c: dict[str, Any], rows: list[dict[str, Any]], task: str, run_id: str, suite: dict[str, Any],
+              data: ReportData, outputs: dict[str, dict[str, tuple]]) -> None:
+    """One cell of the page: its summary numbers flat, its latency distributions, scores and answers."""
+    if not isinstance(c.get("cell"), dict):
+        return
+    row = _flat_cell(c, task, run_id, suite)
+    data.cells.append(row)
+    key = row["key"]
+    ttft, lat, scores, outs = [], [], {}, {}
+    for r in rows:
+        sid = str(r.get("sample_id"))
+        score = num(r.get("score"))
+        if not r.get("error"):
+            if (t := num(r.get("ttft_s"))) is not None:
+                ttft.append(t)
+            if (t := num(r.get("latency_s"))) is not None:
+                lat.append(t)
+            if score is not None:
+                scores[sid] = score
+        out = r.get("output")
+        outs[sid] = (r.get("split"), None if out is None else str(out)[:OUTPUT_CHARS + 1], score,
+                     r.get("verified"), r.get("error"))
+    if not ttft:
+        ttft = [v for v in map(num, c.get("ttft_raw_s") or []) if v is not None]
+    if not lat:
+        lat = [v for v in map(num, c.get("latency_raw_s") or []) if v is not None]
+    data.dists[key] = {"ttft": thin(ttft), "latency": thin(lat)}
+    data.scores[key] = scores
+    outputs[key] = outs
 
 
 def read_samples(path: Path, lean: bool = False) -> list[dict[str, Any]]:
     """samples.jsonl as store.iter_samples reads it (a torn last line skipped); `lean` drops the per-token
     timings and log-probabilities first, which makes 100k rows several times faster to parse."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
-    lines = raw.split(b"\n")
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(_BULKY.sub(b'"_": null', line) if lean else line)
-        except ValueError:
-            try:
-                row = json.loads(line)  # a line the cut could not handle: parse it whole
-            except ValueError:
-                if i == len(lines):  # an interrupted final write
-                    continue
-                raise UserInputError(f"line {i} is not valid JSON", file=str(path)) from None
-        if isinstance(row, dict):
-            row.pop("_", None)
-        rows.append(check_row(row, path, i))
-    return rows
+    return list(iter_samples(path, lean=lean))
 
 
 def _higher_is_better(kind: Any) -> bool:

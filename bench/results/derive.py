@@ -7,7 +7,7 @@ from typing import Any
 
 from bench.registry import BACKENDS, backend_traits
 from bench.results.store import RunDir, write_json_atomic
-from bench.results.summary import build_summary
+from bench.results.summary import build_summary, latest_per_sample
 
 
 def write_summary(run: RunDir, profile: Any = None, bandwidth: tuple[float, str] | None = None) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def derive_summary(run: RunDir, profile: Any = None, bandwidth: tuple[float, str
     )
 
     manifest = run.manifest()
-    rows = run.samples() if rows is None else rows
+    rows = latest_per_sample(run.samples() if rows is None else rows)  # every figure below from the same rows
     summary = build_summary(rows, manifest)
     first: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -82,9 +82,7 @@ def _macro_f1(summary: dict[str, Any], rows: list[dict[str, Any]], manifest: dic
     if not refs:
         return
     canon = {norm_text(label): label for label in labels}
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in rows:  # the latest row per cell and sample, as the summary counts them
-        latest[(r["cell_id"], str(r["sample_id"]))] = r
+    latest = {(r["cell_id"], str(r["sample_id"])): r for r in rows}  # rows are already the latest per sample
     for cell in summary["cells"]:
         pairs = [(None if r.get("error") or r.get("parsed") is None else canon.get(norm_text(str(r["parsed"]))),
                   canon.get(norm_text(str(refs[sid]))))

@@ -7,15 +7,14 @@ from typing import Any
 
 from bench import SCHEMA_VERSION
 from bench.measure.timing import derive
+from bench.results.load import latest_rows
 from bench.stats import clean, mean_ci, percentile
 
 
 def latest_per_sample(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (cell, sample): a later line (a retry) replaces an earlier one."""
-    last: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in rows:
-        last[(r["cell_id"], r["sample_id"])] = r
-    return list(last.values())
+    """One row per (cell, sample): the merge rule of bench.results.load (a later line, a retry, replaces an earlier
+    one), on rows already in order."""
+    return latest_rows(rows)
 
 
 def _p(values: list[Any]) -> dict[str, float | None]:

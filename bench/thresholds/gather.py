@@ -1,4 +1,5 @@
-"""Gather runs into tasks: one tier per cell, its latest row per sample, and what a router needs to run it."""
+"""Gather runs into tasks: one tier per cell, its latest row per sample (bench.results.load's merge rule), and what
+a router needs to run it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from bench.errors import BenchError, UserInputError, did_you_mean
 from bench.registry import BACKENDS, backend_traits
-from bench.results.store import RunDir, find_runs
+from bench.results.load import SuiteRuns, load_runs
 
 
 @dataclass
@@ -127,54 +128,43 @@ def _prerouter(config: dict[str, Any]) -> dict[str, Any]:
         return PreRouterConfig().model_dump()
 
 
-def _build_task(name: str, runs: list[tuple[RunDir, dict[str, Any]]], targets: dict[str, float],
-                max_p95: float | None) -> TaskData:
-    runs = sorted(runs, key=lambda rm: str(rm[1].get("run_id") or rm[0].path.name))
-    latest = runs[-1][1]
-    suite = latest.get("suite") or {}
+def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95: float | None) -> TaskData:
+    latest = found.latest.manifest
+    suite = latest.suite.model_dump()
     notes: list[str] = []
-    identity = suite.get("identity")
-    kept = [(r, m) for r, m in runs if (m.get("suite") or {}).get("identity") == identity]
-    if len(kept) < len(runs):
-        skipped = sorted(str(m.get("run_id")) for r, m in runs if (r, m) not in kept)
+    identity = latest.suite.identity
+    kept = found.only(lambda r: r.manifest.suite.identity == identity)
+    if len(kept.runs) < len(found.runs):
+        skipped = sorted(r.run_id for r in found.runs if r not in kept.runs)
         notes.append(f"runs {', '.join(skipped)} used other data, split or prompt than the latest run and "
                      "were left out: their samples are not comparable")
-    rows: dict[str, dict[str, dict[str, Any]]] = {}
-    cells: dict[str, dict[str, Any]] = {}
-    origin: dict[str, dict[str, Any]] = {}
     inputs: dict[str, dict[str, Any]] = {}
-    for run, manifest in kept:
-        inputs.update(run.inputs())
-        for row in run.samples():
-            cid = row.get("cell_id")
-            if not cid or row.get("sample_id") is None:
-                continue
-            rows.setdefault(cid, {})[str(row["sample_id"])] = row
-            cells[cid] = row.get("cell") or {}
-            origin[cid] = manifest
+    for run in kept.runs:
+        inputs.update(run.dir.inputs())
     config = suite.get("config") or {}
     tiers = []
-    for cid in sorted(rows):
-        manifest = origin[cid]
-        backend = (manifest.get("cell_backends") or {}).get(cid)
+    for cid, merged in sorted(kept.cells.items()):
+        manifest = merged.run.manifest  # the latest run that wrote rows of this cell
+        rows = merged.rows
+        backend = manifest.cell_backends.get(cid)
         backend = _scrub(backend) if isinstance(backend, dict) else None
-        cell = cells[cid]
+        cell = merged.cell
         kind = (backend or {}).get("kind") or cell.get("backend")
-        localities = sorted({r.get("locality") for r in rows[cid].values() if r.get("locality")})
+        localities = sorted({r.get("locality") for r in rows.values() if r.get("locality")})
         locality = localities[0] if len(localities) == 1 else (
             "cloud" if "cloud" in localities else (backend or {}).get("locality", "local"))
         in_process = kind in BACKENDS and backend_traits(kind).in_process
-        if in_process and cell.get("hardware") not in (None, (manifest.get("hardware") or {}).get("profile")):
+        if in_process and cell.get("hardware") not in (None, manifest.hardware.profile):
             hourly = _profile_hourly(cell.get("hardware"))  # a cell placed on other hardware (a Ray node)
         elif in_process:
-            hourly = (manifest.get("hardware") or {}).get("cost_per_hour_usd")
+            hourly = manifest.hardware.cost_per_hour_usd
         else:
             hourly = _profile_hourly((backend or {}).get("hardware"))
         entry = _model_entry(config, cell.get("model", ""))
-        tiers.append(Tier(cell_id=cid, cell=cell, rows=rows[cid], backend=backend, locality=locality,
+        tiers.append(Tier(cell_id=cid, cell=cell, rows=rows, backend=backend, locality=locality,
                           usd_per_hour=hourly, chat=_chat(backend, entry, cell.get("model", "")),
                           model_ref=_scrub(entry) if entry and entry.get("source") else None,
-                          run_id=str(manifest.get("run_id"))))
+                          run_id=merged.run_id))
     if name in targets:
         target, target_source = targets[name], "--target"
     else:
@@ -189,9 +179,9 @@ def _build_task(name: str, runs: list[tuple[RunDir, dict[str, Any]]], targets: d
                     target_source=target_source, tolerance=float(suite.get("tolerance") or 0.0),
                     sensitive=bool(suite.get("sensitive")), latency_budget_s=budget,
                     latency_source=budget_source if budget is not None else None, runtime=_runtime(suite),
-                    tiers=tiers, run_ids=sorted(str(m.get("run_id")) for _, m in kept), notes=notes,
+                    tiers=tiers, run_ids=sorted(r.run_id for r in kept.runs), notes=notes,
                     min_samples=int(suite.get("min_samples") or 30), delta=float(suite.get("delta") or 0.05),
-                    inputs=inputs, run_paths=[r.path for r, _ in kept], prerouter=_prerouter(config))
+                    inputs=inputs, run_paths=[r.path for r in kept.runs], prerouter=_prerouter(config))
 
 
 def gather(paths: list[str | Path], targets: dict[str, float] | None = None,
@@ -200,13 +190,7 @@ def gather(paths: list[str | Path], targets: dict[str, float] | None = None,
     targets = targets or {}
     if max_p95 is not None and not (math.isfinite(max_p95) and max_p95 > 0):
         raise UserInputError(f"expected a positive number of seconds, got {max_p95}", field="--max-p95-latency")
-    by_name: dict[str, list[tuple[RunDir, dict[str, Any]]]] = {}
-    for run in find_runs(list(paths)):
-        manifest = run.manifest()
-        name = (manifest.get("suite") or {}).get("name")
-        if not name:
-            raise UserInputError("manifest has no suite name", file=str(run.manifest_path), field="suite.name")
-        by_name.setdefault(str(name), []).append((run, manifest))
+    by_name = load_runs(list(paths), lean=True).suites  # calibration reads no per-token timings
     for name in targets:
         if name not in by_name:
             raise UserInputError(f"no runs of task {name!r}; tasks found: {', '.join(sorted(by_name))}",
