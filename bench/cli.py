@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from bench.config import load_suite
     from bench.data import load_samples
-    from bench.runner import plan_cells
+    from bench.matrix import plan_cells
 
     bad = 0
     for path in args.suites:
