@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from bench.config import load_suite
     from bench.data import load_samples
-    from bench.runner import plan_cells
+    from bench.matrix import plan_cells
 
     bad = 0
     for path in args.suites:
@@ -84,8 +84,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from bench.display import out
+    from bench.models.cache import cache_dir, catalog_rows
     from bench.models.catalog import get_entry
-    from bench.models.resolve import cache_dir, catalog_rows, pull
+    from bench.models.fetch import pull
 
     if args.models_cmd == "list":
         rows = catalog_rows()

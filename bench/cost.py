@@ -6,12 +6,16 @@ import datetime as dt
 import functools
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bench.config.suite import OpenAIBackendConfig
 from bench.config.yamlpos import line_for, load_yaml_with_lines
-from bench.errors import UserInputError, did_you_mean
+from bench.errors import BenchError, UserInputError, did_you_mean
+
+if TYPE_CHECKING:
+    from bench.matrix import CellPlan
 
 PRICES_FILE = Path(__file__).parent / "prices.yaml"
 PRICES_ENV = "BENCH_PRICES"  # a user price file whose entries override the shipped ones
@@ -128,3 +132,38 @@ def cost_per_1k(costs: list[float | None]) -> float | None:
     if not known:
         return None
     return sum(known) / len(known) * 1000
+
+
+class CostModel:
+    """Dollars per request: token prices for cloud tiers, the machine's hourly price for self-hosted ones."""
+
+    def __init__(self, plan: CellPlan, profile: Any, profiles: dict[str, Any]):
+        self.price_key: str | None = None
+        self.hourly: float | None = None
+        self.inline: tuple[float, float] | None = None
+        b = plan.backend
+        if isinstance(b, OpenAIBackendConfig):
+            if b.hardware and b.hardware in profiles:
+                self.hourly = profiles[b.hardware].cost_per_hour_usd
+            elif b.input_usd_per_mtok is not None and b.output_usd_per_mtok is not None:
+                self.inline = (b.input_usd_per_mtok, b.output_usd_per_mtok)
+            else:
+                self.price_key = b.price or b.model
+        elif profile is not None:
+            self.hourly = profile.cost_per_hour_usd
+        self.concurrency = getattr(b, "concurrency", 1) or 1
+
+    def cost(self, gen: dict[str, Any]) -> float | None:
+        if self.hourly is not None:
+            wall = gen.get("extra", {}).get("wall_s") or gen.get("t_end") or 0.0
+            return hourly_cost_usd(self.hourly, wall, self.concurrency)
+        if self.inline:
+            i, o = self.inline
+            return ((gen.get("prompt_tokens") or 0) * i + (gen.get("completion_tokens") or 0) * o) / 1e6
+        if self.price_key:
+            try:
+                return token_cost_usd(self.price_key, gen.get("prompt_tokens") or 0,
+                                      gen.get("completion_tokens") or 0, gen.get("cached_tokens") or 0)
+            except BenchError:
+                return None
+        return None

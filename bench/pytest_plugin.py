@@ -72,7 +72,7 @@ class BenchSuites:
     def __init__(self, config: pytest.Config):
         from bench.config import load_suite
         from bench.errors import BenchError
-        from bench.runner import plan_cells
+        from bench.matrix import plan_cells
 
         self.config = config
         base = Path(config.invocation_params.dir)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from bench.config.suite import OpenAIBackendConfig, Suite
+from bench.config.suite import Suite
 from bench.data import Sample
-from bench.errors import BenchError
 from bench.measure.timing import derive
 from bench.tasks import get_task
 
 if TYPE_CHECKING:
-    from bench.runner import CellPlan
+    from bench.cost import CostModel
+    from bench.matrix import CellPlan
 
 
 def confidence_of(logprobs: list[float] | None) -> float | None:
@@ -21,45 +21,6 @@ def confidence_of(logprobs: list[float] | None) -> float | None:
         return None
     vals = [lp for lp in logprobs if lp is not None and math.isfinite(lp)]
     return sum(vals) / len(vals) if vals else None
-
-
-class CostModel:
-    """Dollars per request: token prices for cloud tiers, the machine's hourly price for self-hosted ones."""
-
-    def __init__(self, plan: CellPlan, profile: Any, profiles: dict[str, Any]):
-        self.price_key: str | None = None
-        self.hourly: float | None = None
-        self.inline: tuple[float, float] | None = None
-        b = plan.backend
-        if isinstance(b, OpenAIBackendConfig):
-            if b.hardware and b.hardware in profiles:
-                self.hourly = profiles[b.hardware].cost_per_hour_usd
-            elif b.input_usd_per_mtok is not None and b.output_usd_per_mtok is not None:
-                self.inline = (b.input_usd_per_mtok, b.output_usd_per_mtok)
-            else:
-                self.price_key = b.price or b.model
-        elif profile is not None:
-            self.hourly = profile.cost_per_hour_usd
-        self.concurrency = getattr(b, "concurrency", 1) or 1
-
-    def cost(self, gen: dict[str, Any]) -> float | None:
-        if self.hourly is not None:
-            from bench import cost
-
-            wall = gen.get("extra", {}).get("wall_s") or gen.get("t_end") or 0.0
-            return cost.hourly_cost_usd(self.hourly, wall, self.concurrency)
-        if self.inline:
-            i, o = self.inline
-            return ((gen.get("prompt_tokens") or 0) * i + (gen.get("completion_tokens") or 0) * o) / 1e6
-        if self.price_key:
-            from bench import cost
-
-            try:
-                return cost.token_cost_usd(self.price_key, gen.get("prompt_tokens") or 0,
-                                           gen.get("completion_tokens") or 0, gen.get("cached_tokens") or 0)
-            except BenchError:
-                return None
-        return None
 
 
 def make_row(suite: Suite, plan: CellPlan, sample: Sample, gen: dict[str, Any], load: dict[str, Any],

@@ -142,7 +142,8 @@ class Router:
 
         from bench.backends import create_backend
         from bench.config.suite import BackendConfig, ModelRef
-        from bench.runner import CellPlan, CostModel
+        from bench.cost import CostModel
+        from bench.matrix import CellPlan
 
         rt = tier.get("runtime") or {}
         if not rt.get("backend"):
@@ -232,7 +233,8 @@ class Router:
     def step(self, job: Any, cell: str) -> dict[str, Any]:
         """One tier's answer to a prepared sample, scored, priced and judged by the tier's accept_if."""
         from bench.measure.timing import derive
-        from bench.runner import build_requests, confidence_of
+        from bench.records import confidence_of
+        from bench.runner import build_requests
 
         task = job.task
         tier = self._tier(task, cell)

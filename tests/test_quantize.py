@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import time
 
 import pytest
 
 from bench.errors import UserInputError
+from bench.models.cache import derived_path, provenance_path
 from bench.models.catalog import DEFAULT_MODEL, get_entry
-from bench.models.quantize import (
-    SUPPORTED,
-    derive,
-    derived_path,
-    normalize_qtype,
-    provenance_path,
-    read_gguf_header,
-    run_quantize,
-)
+from bench.models.gguf_header import read_gguf_header
+from bench.models.quantize import SUPPORTED, derive, normalize_qtype, run_quantize
 
 
 def test_qtype_names():
@@ -47,28 +40,48 @@ def test_derived_path_layout(tmp_path, monkeypatch):
     assert provenance_path(p).name == f"{entry.id}.Q8_0.gguf.provenance.json"
 
 
-def _gguf_string(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack("<Q", len(b)) + b
+def _tiny_gguf(path):
+    """A small GGUF file written by llama.cpp's own writer: one Q8_0 matrix (4 x 32) and one F32 vector (16)."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_file_type(7)
+    w.add_array("tokenizer.ggml.tokens", ["a", "b"])
+    w.add_array("x.scores", [1.0, 2.0, 3.0])
+    w.add_tensor("w", np.zeros((4, 34), dtype=np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q8_0)  # 4 blocks
+    w.add_tensor("n", np.ones(16, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
 
 
 def test_gguf_header_reader(tmp_path):
-    kv = (_gguf_string("general.architecture") + struct.pack("<I", 8) + _gguf_string("llama")
-          + _gguf_string("general.file_type") + struct.pack("<I", 4) + struct.pack("<I", 7)
-          + _gguf_string("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 2) + _gguf_string("a") + _gguf_string("b")
-          + _gguf_string("x.scores") + struct.pack("<IIQ", 9, 6, 3) + struct.pack("<3f", 1, 2, 3))
-    # one tensor "w": 2 dims (32 x 4), type Q8_0 (8), data offset 0
-    tensor = _gguf_string("w") + struct.pack("<IQQIQ", 2, 32, 4, 8, 0)
-    header = b"GGUF" + struct.pack("<IQQ", 3, 1, 4) + kv + tensor
-    path = tmp_path / "t.gguf"
-    path.write_bytes(header + bytes(136))  # 128 Q8_0 weights: 4 blocks of 34 bytes
+    path = _tiny_gguf(tmp_path / "t.gguf")
     h = read_gguf_header(path)
-    assert h["version"] == 3 and h["tensor_count"] == 1
+    assert h["version"] == 3 and h["tensor_count"] == 2
     assert h["metadata"]["general.architecture"] == "llama" and h["metadata"]["general.file_type"] == 7
     assert h["metadata"]["tokenizer.ggml.tokens"] == {"array_len": 2}
-    assert h["tensor_types"] == {"Q8_0": 1} and h["weight_share"] == {"Q8_0": 1.0}
-    assert h["bits_per_weight"] == pytest.approx(8.5)
-    path.write_bytes(b"NOPE" + header[4:])
+    assert h["metadata"]["x.scores"] == {"array_len": 3}
+    assert h["tensor_types"] == {"Q8_0": 1, "F32": 1}
+    assert h["params"] == 128 + 16 and h["tensor_bytes"] == 4 * 34 + 16 * 4
+    assert h["weight_share"] == {"Q8_0": pytest.approx(128 / 144, abs=1e-4), "F32": pytest.approx(16 / 144, abs=1e-4)}
+    assert h["bits_per_weight"] == pytest.approx((136 + 64) * 8 / 144, abs=1e-3)
+    assert list(h["weight_share"]) == ["Q8_0", "F32"]  # the main type first
+
+
+def test_gguf_header_reader_refuses_other_and_cut_files(tmp_path):
+    path = _tiny_gguf(tmp_path / "t.gguf")
+    whole = path.read_bytes()
+    path.write_bytes(b"NOPE" + whole[4:])
+    with pytest.raises(ValueError, match="not a GGUF"):
+        read_gguf_header(path)
+    path.write_bytes(whole[:40])  # cut inside the metadata
+    with pytest.raises(ValueError, match="not a readable GGUF"):
+        read_gguf_header(path)
+    path.write_bytes(b"")
     with pytest.raises(ValueError, match="not a GGUF"):
         read_gguf_header(path)
 
@@ -88,7 +101,7 @@ def base_model():
 
 
 @pytest.mark.integration
-def test_derive_really_quantizes_the_default_model(base_model, tmp_path, monkeypatch):
+def test_derive_really_quantizes_the_default_model(base_model, tmp_path, monkeypatch, capsys):
     import llama_cpp
 
     # Derive into an empty cache that holds only a copy of the base file (and its verified marker).
@@ -128,6 +141,20 @@ def test_derive_really_quantizes_the_default_model(base_model, tmp_path, monkeyp
     assert is_cached(entry.id, "Q8_0")
     resolved = resolve_model(entry.id, "Q8_0", quiet=True)
     assert resolved.path == again and resolved.quantization == "Q8_0" and resolved.sha256 == prov["sha256"]
+
+    # `bench models list` shows both variants under the model, with size and provenance.
+    from bench.cli import main
+
+    capsys.readouterr()
+    assert main(["models", "list", "--json"]) == 0
+    rows = {r["quantization"]: r for r in json.loads(capsys.readouterr().out)["models"] if r["id"] == entry.id}
+    assert set(rows) == {entry.quantization, "Q8_0", "Q2_K"} and not rows[entry.quantization]["derived"]
+    for q in ("Q8_0", "Q2_K"):
+        r = rows[q]
+        assert r["derived"] and r["cached"] and r["size_bytes"] == sizes[q]
+        assert r["derived_from"] == {"model": entry.id, "quantization": entry.quantization, "sha256": entry.sha256}
+        assert r["method"] == "llama_model_quantize" and r["tool_version"] == llama_cpp.__version__
+        assert r["created_at"][:10] in r["note"] and "requantized" in r["note"]
 
     # The result loads and runs.
     llm = llama_cpp.Llama(model_path=str(derived_path(entry, "Q2_K")), n_ctx=64, n_threads=2, verbose=False)

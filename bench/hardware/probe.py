@@ -123,7 +123,7 @@ def probe_path(fingerprint: str) -> Path:
     """Where the probe of the machine with this fingerprint is kept: <model cache>/hardware/<fp>.json."""
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", fingerprint):
         raise ValueError(f"not a machine fingerprint: {fingerprint!r}")
-    from bench.models.resolve import cache_dir
+    from bench.models.cache import cache_dir
 
     return cache_dir() / "hardware" / f"{fingerprint}.json"
 

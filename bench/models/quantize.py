@@ -5,15 +5,16 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import json
-import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from bench.errors import ModelError, UserInputError, did_you_mean
+from bench.models.cache import derived_path, provenance_path, verify
 from bench.models.catalog import CatalogEntry, get_entry
-from bench.models.resolve import cache_dir, pull, verify
+from bench.models.fetch import pull
+from bench.models.gguf_header import read_gguf_header
 
 # Target types llama_model_quantize can make without an importance matrix, and their llama_ftype values
 # (the LLAMA_FTYPE_MOSTLY_<QTYPE> constants; the GGUF header stores the same number in general.file_type).
@@ -36,100 +37,25 @@ def normalize_qtype(qtype: str) -> str:
     return q
 
 
-def derived_path(entry: CatalogEntry, qtype: str) -> Path:
-    """Where a derived quantization lives: <cache>/models/<id>/<QTYPE>/<id>.<QTYPE>.gguf."""
-    q = qtype.strip().upper()
-    return cache_dir() / "models" / entry.id / q / f"{entry.id}.{q}.gguf"
+# ---------------------------------------------------------------- source
+
+def _header_or_none(path: Path) -> dict[str, Any] | None:
+    try:
+        return read_gguf_header(path)
+    except (OSError, ValueError):
+        return None
 
 
-def provenance_path(path: Path) -> Path:
-    return path.with_name(path.name + ".provenance.json")
-
-
-# ---------------------------------------------------------------- GGUF header
-
-# ggml_type ids of tensor data, as the GGUF tensor table stores them.
-GGML_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
-              11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS",
-              18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8",
-              25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16"}
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-def _read(f: BinaryIO, fmt: str) -> Any:
-    size = struct.calcsize(fmt)
-    data = f.read(size)
-    if len(data) != size:
-        raise ValueError("truncated GGUF header")
-    return struct.unpack(fmt, data)[0]
-
-
-def _read_str(f: BinaryIO) -> str:
-    n = _read(f, "<Q")
-    return f.read(n).decode("utf-8", errors="replace")
-
-
-def _read_value(f: BinaryIO, vtype: int) -> Any:
-    if vtype in _SCALARS:
-        return _read(f, _SCALARS[vtype])
-    if vtype == 8:
-        return _read_str(f)
-    if vtype == 9:  # array: element type, count, elements; only its length is kept
-        etype, count = _read(f, "<I"), _read(f, "<Q")
-        if etype in _SCALARS:
-            f.seek(struct.calcsize(_SCALARS[etype]) * count, 1)
-        else:
-            for _ in range(count):
-                _read_value(f, etype)
-        return {"array_len": count}
-    raise ValueError(f"unknown GGUF value type {vtype}")
-
-
-def read_gguf_header(path: Path) -> dict[str, Any]:
-    """A GGUF file's version, metadata (arrays reduced to their length) and tensor table summary.
-
-    tensor_types counts tensors by storage type, weight_share is each type's share of the weights;
-    bits_per_weight is the tensor data's size in bits over the number of weights.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ValueError(f"{path.name} is not a GGUF file")
-        version = _read(f, "<I")
-        n_tensors, n_kv = _read(f, "<Q"), _read(f, "<Q")
-        meta = {}
-        for _ in range(n_kv):
-            key = _read_str(f)
-            meta[key] = _read_value(f, _read(f, "<I"))
-        types: dict[str, int] = {}
-        weights: dict[str, int] = {}
-        for _ in range(n_tensors):
-            _read_str(f)
-            dims = [_read(f, "<Q") for _ in range(_read(f, "<I"))]
-            ggml_type = _read(f, "<I")
-            _read(f, "<Q")  # offset in the data section
-            name = GGML_TYPES.get(ggml_type, f"type_{ggml_type}")
-            types[name] = types.get(name, 0) + 1
-            count = 1
-            for d in dims:
-                count *= d
-            weights[name] = weights.get(name, 0) + count
-        data_bytes = size - f.tell()
-    n_weights = sum(weights.values())
-    share = {k: round(v / n_weights, 4) for k, v in sorted(weights.items(), key=lambda kv: -kv[1])} if n_weights else {}
-    return {"version": version, "tensor_count": n_tensors, "metadata": meta,
-            "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1])), "weight_share": share,
-            "bits_per_weight": round(data_bytes * 8 / n_weights, 3) if n_weights else None}
+def _quantization_of(header: dict[str, Any] | None, fallback: str) -> str:
+    if header is None:
+        return fallback
+    names = {v: k for k, v in {**UNQUANTIZED, **SUPPORTED}.items()}
+    return names.get(header["metadata"].get("general.file_type"), fallback)
 
 
 def source_quantization(path: Path, fallback: str) -> str:
     """The quantization named by a GGUF's general.file_type, else `fallback` (the catalog's word)."""
-    try:
-        ftype = read_gguf_header(path)["metadata"].get("general.file_type")
-    except (OSError, ValueError):
-        return fallback
-    names = {v: k for k, v in {**UNQUANTIZED, **SUPPORTED}.items()}
-    return names.get(ftype, fallback)
+    return _quantization_of(_header_or_none(path), fallback)
 
 
 # ---------------------------------------------------------------- quantize
@@ -197,7 +123,8 @@ def derive(entry: CatalogEntry, base_path: Path, qtype: str, quiet: bool = False
     if prov is not None:
         return dest, prov
     source_sha = verify(base_path, entry.sha256 or None, entry.id)
-    source_q = source_quantization(base_path, entry.quantization)
+    source_header = _header_or_none(base_path)
+    source_q = _quantization_of(source_header, entry.quantization)
     requantized = source_q not in UNQUANTIZED
     what = "requantizing" if requantized else "quantizing"
     _say(f"{what} {entry.id}: {source_q} -> {q}", quiet)
@@ -219,10 +146,7 @@ def derive(entry: CatalogEntry, base_path: Path, qtype: str, quiet: bool = False
     sha = verify(dest, None, entry.id)  # also writes the .verified.json marker that is_cached() looks for
     seconds = time.perf_counter() - started
     notes = [REQUANTIZE_NOTE] if requantized else []
-    try:
-        source_bpw = read_gguf_header(base_path)["bits_per_weight"]
-    except (OSError, ValueError):
-        source_bpw = None
+    source_bpw = source_header["bits_per_weight"] if source_header else None
     if source_bpw and header["bits_per_weight"] and header["bits_per_weight"] > source_bpw:
         notes.append(f"the result holds no more information than its {source_q} source: it shows {q}'s speed "
                      f"and memory, not {q}'s quality")
