@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
 
@@ -113,7 +112,6 @@ def test_derive_really_quantizes_the_default_model(base_model, tmp_path, monkeyp
     shutil.copy2(base_model.path.with_name(base_model.path.name + ".verified.json"), base.parent)
     source = read_gguf_header(base)
 
-    started = time.perf_counter()
     sizes = {}
     for q in ("Q8_0", "Q2_K"):
         path, prov = derive(entry, base, q, quiet=True)
@@ -130,7 +128,6 @@ def test_derive_really_quantizes_the_default_model(base_model, tmp_path, monkeyp
         assert prov["size_bytes"] == path.stat().st_size and len(prov["sha256"]) == 64 and prov["created_at"]
         sizes[q] = path.stat().st_size
     assert sizes["Q8_0"] > base.stat().st_size > sizes["Q2_K"] > 0.3 * base.stat().st_size
-    assert time.perf_counter() - started < 60
 
     # Asking again reuses the file; resolve_model finds it through the catalog.
     mtime = derived_path(entry, "Q8_0").stat().st_mtime_ns
