@@ -69,7 +69,7 @@ def plan_cells(suite: Suite, models: list[str] | None, hardware_id: str, localit
                     chat = True if ref.chat is None else ref.chat
                 for q in quants:
                     for hw in hardware_ids or [hardware_id]:  # the hardware axis: one cell per profile
-                        cell = {"model": ref.id, "quantization": q, "backend": backend.kind, "hardware": hw,
+                        cell: dict[str, Any] = {"model": ref.id, "quantization": q, "backend": backend.kind, "hardware": hw,
                                 "gen": gen}
                         plans.append(CellPlan(cell=cell, backend=backend, model_ref=ref, locality=locality,
                                               chat=chat))

@@ -30,6 +30,7 @@ def make_row(suite: Suite, plan: CellPlan, sample: Sample, gen: dict[str, Any], 
     metric = suite.metric or task.metric
     error = gen.get("error")
     timings = {k: gen.get(k) for k in ("t_start", "t_prefill_end", "t_first_token", "token_times", "t_end")}
+    scores: dict[str, Any]
     if error:
         scored_parsed, verified, scores, score = None, False, {}, None
     else:

@@ -66,7 +66,7 @@ def build_requests(suite: Suite, samples: list[Sample], chat: bool) -> list[Requ
 def environment() -> dict[str, Any]:
     from importlib import metadata
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("llama-cpp-python", "datasets", "evaluate", "numpy", "pydantic", "httpx", "vllm", "plotly"):
         try:
             versions[pkg] = metadata.version(pkg)
@@ -374,7 +374,7 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
     traits = backend_traits(plan.backend.kind)
     on_cluster = cluster is not None and traits.in_process
     # a cell placed on other hardware is priced at that hardware's hour
-    cost_model = CostModel(plan, profiles.get(plan.cell.get("hardware"), profile) if on_cluster else profile,
+    cost_model = CostModel(plan, profiles.get(str(plan.cell.get("hardware")), profile) if on_cluster else profile,
                            profiles)
 
     def write_error(message: str) -> None:

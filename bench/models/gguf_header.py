@@ -42,6 +42,14 @@ def read_gguf_header(path: Path) -> dict[str, Any]:
 _SEEN: dict[tuple[int, int, int, int], dict[str, Any]] = {}
 
 
+def _fields(reader: Any) -> tuple[dict[str, Any], int, list[tuple[str, int, int]]]:
+    """Metadata (without the reader's own GGUF.* entries), format version and (type, elements, bytes) per tensor."""
+    meta = {name: _value(fld) for name, fld in reader.fields.items() if not name.startswith("GGUF.")}
+    version = int(reader.fields["GGUF.version"].parts[0][0])
+    tensors = [(t.tensor_type.name, int(t.n_elements), int(t.n_bytes)) for t in reader.tensors]
+    return meta, version, tensors
+
+
 def _read(path: Path) -> dict[str, Any]:
     from gguf import GGUFReader
 
@@ -49,14 +57,9 @@ def _read(path: Path) -> dict[str, Any]:
         if f.read(4) != b"GGUF":
             raise ValueError(f"{path.name} is not a GGUF file")
     try:
-        reader = GGUFReader(path)
-        meta = {name: _value(fld) for name, fld in reader.fields.items() if not name.startswith("GGUF.")}
-        version = int(reader.fields["GGUF.version"].parts[0][0])
-        tensors = [(t.tensor_type.name, int(t.n_elements), int(t.n_bytes)) for t in reader.tensors]
+        meta, version, tensors = _fields(GGUFReader(path))  # the reader and its memory map end with the call
     except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
         raise ValueError(f"{path.name} is not a readable GGUF file: {exc}") from None
-    finally:
-        reader = None  # drop the memory map
     types: dict[str, int] = {}
     weights: dict[str, int] = {}
     for name, count, _ in tensors:

@@ -145,24 +145,24 @@ def _load_suite(suite: SuiteRuns, data: ReportData, datasets: dict[str, dict[str
                           "started_at": run.manifest.started_at, "finished_at": run.manifest.finished_at,
                           "hardware": hw.profile or hw.note, "bench_version": run.manifest.bench_version,
                           "n_samples": len(latest_rows(run.rows))})
-    info = suite.latest.manifest.suite.model_dump()
+    suite_doc = suite.latest.manifest.suite.model_dump()
     merged: dict[str, dict[str, Any]] | None = None
     for cid, cell in suite.cells.items():
         runs = cell.runs
         own = summaries.get(id(runs[0])) if len(runs) == 1 else None
         c = next((c for c in (own or {}).get("cells") or [] if isinstance(c, dict) and c.get("cell_id") == cid
                   and c.get("n") == len(cell.rows)), None)
-        run = runs[0] if c is not None else cell.run
+        last = runs[0] if c is not None else cell.run
         if c is None:  # rows of several runs, or a stale summary (a resume killed before it rewrote summary.json)
             merged = _merged_summary(suite) if merged is None else merged
             c = merged.get(cid)
-        if c is None or run is None or id(run) not in summaries:
+        if c is None or last is None or id(last) not in summaries:
             continue
-        _add_cell(c, list(cell.rows.values()), task, run.run_id, info, data, outputs)
+        _add_cell(c, list(cell.rows.values()), task, last.run_id, suite_doc, data, outputs)
     for run in suite.runs:  # cells a summary lists though samples.jsonl no longer holds them: the summary alone
         for c in (summaries.get(id(run)) or {}).get("cells") or []:
             if isinstance(c, dict) and str(c.get("cell_id")) not in suite.cells:
-                _add_cell(c, [], task, run.run_id, info, data, outputs)
+                _add_cell(c, [], task, run.run_id, suite_doc, data, outputs)
 
 
 def _add_cell(c: dict[str, Any], rows: list[dict[str, Any]], task: str, run_id: str, suite: dict[str, Any],
@@ -213,7 +213,7 @@ def _higher_is_better(kind: Any) -> bool:
 
 def _flat_cell(c: dict[str, Any], task: str, run_id: str, suite: dict[str, Any]) -> dict[str, Any]:
     cell = c["cell"]
-    q = c.get("quality") if isinstance(c.get("quality"), dict) else {}
+    q: dict[str, Any] = c["quality"] if isinstance(c.get("quality"), dict) else {}
     cell_id = str(c.get("cell_id") or cell)
     return {
         "key": f"{run_id}|{cell_id}", "task": task, "run_id": run_id, "cell_id": cell_id, "cell": cell,
@@ -299,8 +299,8 @@ def _examples(cells: list[dict[str, Any]], scores: dict[str, dict[str, float]],
     for c in cells:
         for sid, s in scores.get(c["key"], {}).items():
             per_sample[sid].append(s)
-        for sid, rec in outputs.get(c["key"], {}).items():
-            if rec[4]:
+        for sid, done in outputs.get(c["key"], {}).items():
+            if done[4]:
                 errored.add(sid)
     ids = sorted(set(per_sample) | errored)
     ranked = sorted(ids, key=lambda s: (-(float(np.var(per_sample[s])) if len(per_sample[s]) > 1 else 0.0), s))

@@ -87,9 +87,9 @@ def _macro_f1(summary: dict[str, Any], rows: list[dict[str, Any]], manifest: dic
         pairs = [(None if r.get("error") or r.get("parsed") is None else canon.get(norm_text(str(r["parsed"]))),
                   canon.get(norm_text(str(refs[sid]))))
                  for (cid, sid), r in latest.items() if cid == cell["cell_id"] and sid in refs]
-        pairs = [(p, ref) for p, ref in pairs if ref is not None]
-        cell["macro_f1"] = macro_f1([p for p, _ in pairs], [ref for _, ref in pairs], labels) if pairs else None
-        cell["macro_f1_n"] = len(pairs)
+        known = [(p, ref) for p, ref in pairs if ref is not None]
+        cell["macro_f1"] = macro_f1([p for p, _ in known], [ref for _, ref in known], labels) if known else None
+        cell["macro_f1_n"] = len(known)
 
 
 def _profile(profile_id: str | None) -> Any:

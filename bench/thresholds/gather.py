@@ -144,16 +144,18 @@ def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95:
     config = suite.get("config") or {}
     tiers = []
     for cid, merged in sorted(kept.cells.items()):
+        assert merged.run is not None  # a merged cell has at least one row, so a run
         manifest = merged.run.manifest  # the latest run that wrote rows of this cell
         rows = merged.rows
         backend = manifest.cell_backends.get(cid)
         backend = _scrub(backend) if isinstance(backend, dict) else None
         cell = merged.cell
-        kind = (backend or {}).get("kind") or cell.get("backend")
-        localities = sorted({r.get("locality") for r in rows.values() if r.get("locality")})
+        kind = str((backend or {}).get("kind") or cell.get("backend") or "")
+        localities = sorted({str(r["locality"]) for r in rows.values() if r.get("locality")})
         locality = localities[0] if len(localities) == 1 else (
-            "cloud" if "cloud" in localities else (backend or {}).get("locality", "local"))
+            "cloud" if "cloud" in localities else str((backend or {}).get("locality", "local")))
         in_process = kind in BACKENDS and backend_traits(kind).in_process
+        hourly: float | None
         if in_process and cell.get("hardware") not in (None, manifest.hardware.profile):
             hourly = _profile_hourly(cell.get("hardware"))  # a cell placed on other hardware (a Ray node)
         elif in_process:
@@ -165,10 +167,8 @@ def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95:
                           usd_per_hour=hourly, chat=_chat(backend, entry, cell.get("model", "")),
                           model_ref=_scrub(entry) if entry and entry.get("source") else None,
                           run_id=merged.run_id))
-    if name in targets:
-        target, target_source = targets[name], "--target"
-    else:
-        target, target_source = suite.get("target"), "suite"
+    target: Any = targets.get(name, suite.get("target"))
+    target_source = "--target" if name in targets else "suite"
     if not isinstance(target, (int, float)):
         raise UserInputError(f"task {name!r} has no target in its manifest", field="--target",
                              hint=f"give one with --target {name}=QUALITY")
