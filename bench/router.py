@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import UserInputError, did_you_mean
-from bench.routing_file import RoutingDoc, TaskPolicy, Tier, load_routing, parse_routing
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bench.routing_file brings pydantic: imported where a file is loaded, so importing stays light
     from typing_extensions import Self
+
+    from bench.routing_file import RoutingDoc, TaskPolicy, Tier
 
 from bench.registry import backend_traits
 
@@ -25,6 +26,8 @@ class Router:
 
     def __init__(self, doc: RoutingDoc | dict[str, Any], path: str | None = None, *,
                  trust_failed_holdout: bool = False):
+        from bench.routing_file import RoutingDoc, parse_routing
+
         self.doc: RoutingDoc = doc if isinstance(doc, RoutingDoc) else parse_routing(doc, path)
         self.path = path if path is not None else self.doc.path
         self.trust_failed_holdout = trust_failed_holdout
@@ -42,6 +45,8 @@ class Router:
 
         A task whose policy failed on holdout is sent to its fallback tier (the strongest eligible one), with a
         warning, unless trust_failed_holdout is set."""
+        from bench.routing_file import load_routing
+
         router = cls(load_routing(path), str(path), trust_failed_holdout=trust_failed_holdout)
         for task in router.tasks():  # a missing or altered pre-router artefact is refused here, not mid-request
             if router._task(task).prerouter:
