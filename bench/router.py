@@ -10,20 +10,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import UserInputError, did_you_mean
-from bench.thresholds import read_routing
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bench.routing_file brings pydantic: imported where a file is loaded, so importing stays light
     from typing_extensions import Self
+
+    from bench.routing_file import RoutingDoc, TaskPolicy, Tier
 
 from bench.registry import backend_traits
 
 
 class Router:
-    """Follows the per-task policies of one routing.json. Backends load on first use and are kept per tier."""
+    """Follows the per-task policies of one routing.json. Backends load on first use and are kept per tier.
 
-    def __init__(self, doc: dict[str, Any], path: str | None = None, *, trust_failed_holdout: bool = False):
-        self.doc = doc
-        self.path = path
+    `doc` is what bench.routing_file loaded; a plain dict is checked by the same rules (parse_routing) first."""
+
+    def __init__(self, doc: RoutingDoc | dict[str, Any], path: str | None = None, *,
+                 trust_failed_holdout: bool = False):
+        from bench.routing_file import RoutingDoc, parse_routing
+
+        self.doc: RoutingDoc = doc if isinstance(doc, RoutingDoc) else parse_routing(doc, path)
+        self.path = path if path is not None else self.doc.path
         self.trust_failed_holdout = trust_failed_holdout
         self._backends: dict[str, Any] = {}
         self._costs: dict[str, Any] = {}
@@ -34,13 +40,16 @@ class Router:
     # ------------------------------------------------------------------ loading and lookups
     @classmethod
     def load(cls, path: str | Path, *, trust_failed_holdout: bool = False) -> Router:
-        """Read and validate a routing.json; a file from a newer or an older bench is refused.
+        """Read and validate a routing.json (bench.routing_file.load_routing: a schema 2 file is migrated, an
+        older or a newer one refused).
 
         A task whose policy failed on holdout is sent to its fallback tier (the strongest eligible one), with a
         warning, unless trust_failed_holdout is set."""
-        router = cls(read_routing(path), str(path), trust_failed_holdout=trust_failed_holdout)
+        from bench.routing_file import load_routing
+
+        router = cls(load_routing(path), str(path), trust_failed_holdout=trust_failed_holdout)
         for task in router.tasks():  # a missing or altered pre-router artefact is refused here, not mid-request
-            if router._task(task).get("prerouter"):
+            if router._task(task).prerouter:
                 router._prerouter(task)
         return router
 
@@ -50,43 +59,39 @@ class Router:
             if task not in self._pre:
                 from bench.routers.prerouter import LoadedPreRouter
 
-                self._pre[task] = LoadedPreRouter(task, self._task(task)["prerouter"], self.path,
+                self._pre[task] = LoadedPreRouter(task, self._task(task).prerouter, self.path,
                                                   self.input_fields(task))
         return self._pre[task]
 
     def preroute(self, task: str, fields: dict[str, Any] | None, text: str) -> dict[str, Any] | None:
         """The pre-router's decision for a request (None where the task has none, or its fallback overrides it):
         {family, probability, threshold, path: cheap|strong, cells}."""
-        if not self._task(task).get("prerouter") or self.overridden(task):
+        if not self._task(task).prerouter or self.overridden(task):
             return None
         return self._prerouter(task).route(fields, text)
 
     def overridden(self, task: str) -> bool:
         """True where the task's policy failed on holdout and this router sends it to the fallback tier instead."""
         t = self._task(task)
-        return t.get("status") == "failed_holdout" and not self.trust_failed_holdout and bool(t.get("fallback"))
+        return t.status == "failed_holdout" and not self.trust_failed_holdout and bool(t.fallback)
 
     def _note_override(self, task: str) -> None:
         if task not in self._warned:
             self._warned.add(task)
-            warnings.warn(f"routing: task {task!r} failed on holdout; sending it to {self._task(task)['fallback']} "
+            warnings.warn(f"routing: task {task!r} failed on holdout; sending it to {self._task(task).fallback} "
                           "(pass trust_failed_holdout=True to follow the calibrated policy)", stacklevel=3)
 
     def tasks(self) -> list[str]:
-        return sorted(self.doc["tasks"])
+        return sorted(self.doc.tasks)
 
-    def _task(self, task: str) -> dict[str, Any]:
-        tasks = self.doc["tasks"]
-        if task not in tasks:
-            raise UserInputError(f"no task {task!r} in the routing file; known: {', '.join(sorted(tasks))}",
-                                 file=self.path, field="tasks", hint=did_you_mean(task, tasks))
-        return tasks[task]
+    def _task(self, task: str) -> TaskPolicy:
+        return self.doc.task(task)
 
-    def _tier(self, task: str, cell: str) -> dict[str, Any]:
-        for tier in self._task(task)["tiers"]:
-            if tier["cell"] == cell:
-                return tier
-        known = [t["cell"] for t in self._task(task)["tiers"]]
+    def _tier(self, task: str, cell: str) -> Tier:
+        found = self._task(task).tier(cell)
+        if found is not None:
+            return found
+        known = [t.cell for t in self._task(task).tiers]
         raise UserInputError(f"task {task!r} has no tier {cell!r}", file=self.path, field=f"tasks.{task}.tiers",
                              hint=did_you_mean(cell, known))
 
@@ -94,26 +99,27 @@ class Router:
         """The tiers a request may pass through, in order."""
         if self.overridden(task):
             self._note_override(task)
-            return [self._task(task)["fallback"]]
-        return list((self._task(task).get("policy") or {}).get("chain") or [])
+            return [self._task(task).fallback]
+        policy = self._task(task).policy
+        return list(policy.chain) if policy else []
 
     def first(self, task: str) -> str:
         """The cell to send a request of this task to first."""
         t = self._task(task)
         if self.overridden(task):
             self._note_override(task)
-            return t["fallback"]
-        if not t.get("default"):
-            raise UserInputError(f"task {task!r} has no eligible tier: {t['expected'].get('message', '')}",
+            return t.fallback
+        if not t.default:
+            raise UserInputError(f"task {task!r} has no eligible tier: {t.expected.message}",
                                  file=self.path, field=f"tasks.{task}.default")
-        return t["default"]
+        return t.default
 
     def accept(self, task: str, cell: str, confidence: float | None, verified: bool) -> bool:
         """True: keep this tier's answer; False: escalate to the next tier of the chain."""
         if self.overridden(task):
             return True  # the fallback tier answers alone
-        rule = self._tier(task, cell)["accept_if"]
-        signal = rule["signal"]
+        rule = self._tier(task, cell).accept_if
+        signal = rule.signal
         if signal == "always":
             return True
         if signal == "never":
@@ -123,19 +129,19 @@ class Router:
         if signal == "verified":
             return True
         return (confidence is not None and isinstance(confidence, (int, float)) and math.isfinite(confidence)
-                and confidence >= rule["threshold"])
+                and rule.threshold is not None and confidence >= rule.threshold)
 
     # ------------------------------------------------------------------ running the cascade
-    def _backend(self, tier: dict[str, Any]) -> tuple[Any, Any]:
+    def _backend(self, tier: Tier) -> tuple[Any, Any]:
         """The loaded backend and cost model of a tier, created on first use."""
-        cell = tier["cell"]
+        cell = tier.cell
         with self._load_lock:  # a service calls tiers from several threads: each backend loads once
             if cell not in self._backends:
                 self._load_backend(tier)
         return self._backends[cell], self._costs[cell]
 
-    def _load_backend(self, tier: dict[str, Any]) -> None:
-        cell = tier["cell"]
+    def _load_backend(self, tier: Tier) -> None:
+        cell = tier.cell
         from types import SimpleNamespace
 
         from pydantic import TypeAdapter
@@ -145,7 +151,7 @@ class Router:
         from bench.cost import CostModel
         from bench.matrix import CellPlan
 
-        rt = tier.get("runtime") or {}
+        rt = tier.runtime or {}
         if not rt.get("backend"):
             raise UserInputError(f"tier {cell!r} has no backend config in the routing file (its run predates "
                                  "cell_backends in manifests); rerun the suite", file=self.path)
@@ -169,8 +175,8 @@ class Router:
         hourly = rt.get("usd_per_hour")
         price = SimpleNamespace(cost_per_hour_usd=hourly)
         local = traits.in_process
-        plan = CellPlan(cell=dict(tier.get("cell_detail") or {"model": rt["model"], "backend": cfg.kind}),
-                        backend=cfg, model_ref=None, locality=tier["locality"])
+        plan = CellPlan(cell=dict(tier.cell_detail or {"model": rt["model"], "backend": cfg.kind}),
+                        backend=cfg, model_ref=None, locality=tier.locality)
         hw = getattr(cfg, "hardware", None)
         cost = CostModel(plan, price if local and hourly is not None else None,
                          {hw: price} if not local and hw and hourly is not None else {})
@@ -208,7 +214,7 @@ class Router:
         from bench.tasks import get_task
 
         t = self._task(task)
-        rt = t.get("runtime")
+        rt = t.runtime
         if not rt:
             raise UserInputError(f"task {task!r} has no runtime section (the runs held no suite config)",
                                  file=self.path, field=f"tasks.{task}.runtime")
@@ -225,7 +231,7 @@ class Router:
                              GenerationConfig.model_validate(rt["generation"]))
         item = Sample(id=str(sample.get(ds.get("id_field") or "id", "request")), fields=dict(sample),
                       reference=reference, split="holdout")
-        return SimpleNamespace(task=task, metric=t["metric"], options=options, kind=get_task(options.kind),
+        return SimpleNamespace(task=task, metric=t.metric, options=options, kind=get_task(options.kind),
                                reference=reference, item=item, shaped=shaped,
                                scoring_ref=reference if reference is not None else
                                ({} if options.kind == "extract" else ""))
@@ -239,7 +245,7 @@ class Router:
         task = job.task
         tier = self._tier(task, cell)
         backend, cost_model = self._backend(tier)
-        request = build_requests(job.shaped, [job.item], bool((tier.get("runtime") or {}).get("chat", True)))[0]
+        request = build_requests(job.shaped, [job.item], bool((tier.runtime or {}).get("chat", True)))[0]
         gen = backend.generate([request])[0].to_dict()
         error = gen.get("error")
         scored = None if error else job.kind.score(gen.get("text") or "", job.scoring_ref, job.item.fields,
@@ -272,17 +278,16 @@ class Router:
         """The kinds of personal data in a request's text (bench.routers.sensitivity, plus the suite's patterns)."""
         from bench.routers.sensitivity import personal_data
 
-        return personal_data(text, (self._task(task).get("runtime") or {}).get("personal_data") or [])
+        return personal_data(text, (self._task(task).runtime or {}).get("personal_data") or [])
 
     def local_chain(self, task: str, chain: list[str]) -> list[str]:
         """The tiers of `chain` that may see personal data: local and on-prem ones only."""
         from bench.thresholds.calibrate import ON_PREMISES
 
-        allowed = [c for c in chain if self._tier(task, c).get("locality") in ON_PREMISES]
+        allowed = [c for c in chain if self._tier(task, c).locality in ON_PREMISES]
         if allowed:
             return allowed
-        eligible = [t["cell"] for t in self._task(task)["tiers"] if t.get("locality") in ON_PREMISES
-                    and t.get("eligible", True)]
+        eligible = [t.cell for t in self._task(task).tiers if t.locality in ON_PREMISES and t.eligible]
         if not eligible:
             raise UserInputError(f"the request holds personal data, which may only go to local or on-prem tiers, "
                                  f"and task {task!r} has none", field="tasks." + task)
@@ -290,7 +295,7 @@ class Router:
 
     def input_fields(self, task: str) -> list[str]:
         """The suite's input fields for this task: what a calibrated request carries."""
-        rt = self._task(task).get("runtime") or {}
+        rt = self._task(task).runtime or {}
         return list((rt.get("dataset") or {}).get("input_fields") or [])
 
     def close(self) -> None:

@@ -124,27 +124,37 @@ def make_results(root: Path, evil: bool = False) -> Path:
 
 
 def routing_doc(results: Path) -> dict[str, Any]:
-    """A routing.json in CONTRACT.md's shape, with the extra keys `bench thresholds` may add."""
+    """A valid routing.json (routing.schema.json) in CONTRACT.md's shape, with extra keys a writer may add."""
     cells = json.loads(next(results.rglob("summary.json")).read_text())["cells"]
     by_model = {c["cell"]["model"]: c["cell"] for c in cells}
+    small, large = by_model["smollm2-135m-instruct"], by_model["qwen2.5-coder-1.5b-instruct"]
+
+    def detail(cell: dict[str, Any]) -> dict[str, Any]:
+        return {k: cell.get(k) for k in ("model", "quantization", "backend", "hardware")}
+
     return {
         "schema_version": ROUTING_SCHEMA_VERSION, "created_at": "2026-01-01T00:00:00Z", "sources": ["run-a", "run-b"],
         "tasks": {"tickets": {
-            "target": 0.8, "metric": "accuracy",
+            "target": 0.8, "metric": "accuracy", "status": "meets_target", "fallback": cell_id(large),
+            "guarantee": {"method": "learn-then-test", "delta": 0.05, "holds": True},
+            "policy": {"chain": [cell_id(small), cell_id(large)], "status": "meets_target"},
             "tiers": [
-                {"cell": by_model["smollm2-135m-instruct"], "quality": {"mean": 0.55, "ci_low": 0.4, "ci_high": 0.7},
-                 "cost_per_1k_usd": 0.02, "latency_p95_s": 0.02, "meets_target": False, "locality": "local",
-                 "accept_if": {"signal": "confidence", "threshold": -0.3}},
-                {"cell": cell_id(by_model["qwen2.5-coder-1.5b-instruct"]),
+                {"cell": cell_id(small), "cell_detail": detail(small),
+                 "quality": {"mean": 0.55, "ci_low": 0.4, "ci_high": 0.7}, "cost_per_1k_usd": 0.02,
+                 "latency_p95_s": 0.02, "meets_target": False, "locality": "local", "eligible": True,
+                 "excluded_because": None, "accept_if": {"signal": "confidence", "threshold": -0.3}},
+                {"cell": cell_id(large), "cell_detail": detail(large),
                  "quality": {"mean": 0.92, "ci_low": 0.85, "ci_high": 0.96}, "cost_per_1k_usd": 0.12,
-                 "latency_p95_s": 0.03, "meets_target": True, "accept_if": None},
+                 "latency_p95_s": 0.03, "meets_target": True, "locality": "cloud", "eligible": True,
+                 "excluded_because": None, "accept_if": {"signal": "always", "threshold": None}},
             ],
-            "default": by_model["smollm2-135m-instruct"],
+            "default": cell_id(small),
             "expected": {"quality": {"mean": 0.86, "ci_low": 0.8, "ci_high": 0.9}, "cost_per_1k_usd": 0.07,
-                         "escalation_rate": 0.41, "n": 20},
+                         "escalation_rate": 0.41, "n": 20, "meets_target_on_holdout": True,
+                         "message": "meets the target on holdout"},
             "savings": {"vs_always_largest_usd_per_1k": 0.05, "share": 0.42},
-            "baselines": [{"name": "always largest", "quality": 0.92, "cost_per_1k_usd": 0.12},
-                          {"name": "always smallest", "quality": 0.55, "cost_per_1k_usd": 0.02}],
+            "baselines": {"always": [{"name": "always largest", "quality": 0.92, "cost_per_1k_usd": 0.12},
+                                     {"name": "always smallest", "quality": 0.55, "cost_per_1k_usd": 0.02}]},
             "note": "<i>holdout</i> met the target",
         }},
     }

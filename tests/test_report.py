@@ -198,18 +198,37 @@ def test_routing_section(results: Path, tmp_path: Path) -> None:
     assert any(tr.get("name") == "routing policy (expected, holdout)" for p in payload for tr in p["figure"]["data"])
 
 
-def test_routing_with_odd_shapes_still_renders(results: Path, tmp_path: Path) -> None:
-    never = {"cell": "x", "accept_if": {"signal": "never", "threshold": None}}
-    excluded = {"cell": "y", "eligible": False, "excluded_because": "cloud tier on sensitive data"}
-    doc = {"schema_version": 2, "tasks": {"tickets": {"tiers": [{"cell": None}, "weird", never, excluded,
-                                                                {"quality": 0.9}],
-                                                      "expected": 0.5, "default": {"x": 1}},
-                                          "other": ["not", "a", "dict"]}, "extra": {"k": [1, 2]}}
+def test_routing_extra_keys_of_any_shape_still_render(results: Path, tmp_path: Path) -> None:
+    """Keys CONTRACT.md does not fix may have any shape: the report shows them as found."""
+    doc = routing_doc(results)
+    task = doc["tasks"]["tickets"]
+    never = {**task["tiers"][0], "cell": "x", "accept_if": {"signal": "never", "threshold": None}}
+    del never["cell_detail"]  # a tier without one is shown by its cell id
+    excluded = {**task["tiers"][0], "cell": "y", "eligible": False, "excluded_because": ["cloud tier on sensitive data"],
+                "weird": ["not", {"a": "dict"}, None]}
+    task["tiers"][1:1] = [never, excluded]
+    task["other"] = ["odd", {"k": [1, {"deep": True}]}]
+    doc["extra"] = {"k": [1, 2]}
     routing = tmp_path / "routing.json"
     routing.write_text(json.dumps(doc))
     html = build_report([str(results)], routing=str(routing))
-    assert 'id="routing"' in html and "weird" in html and "other" in html
+    assert 'id="routing"' in html and "odd" in html and "deep" in html and "Other fields" in html
     assert "never (not in the policy)" in html and "not eligible: cloud tier on sensitive data" in html
+    assert "<td>x</td>" in html
+
+
+def test_routing_the_router_refuses_is_refused_by_the_report(results: Path, tmp_path: Path, capsys) -> None:
+    """The report once rendered any shape; it now reads through the one loader, so a file the router would refuse
+    is not shown as a policy: exit 2, naming the file and the field."""
+    doc = routing_doc(results)
+    doc["tasks"]["tickets"]["tiers"][0]["accept_if"] = {"signal": "confidence", "threshold": None}
+    routing = tmp_path / "routing.json"
+    routing.write_text(json.dumps(doc))
+    out = tmp_path / "r.html"
+    assert main(["report", str(results), "-o", str(out), "--routing", str(routing)]) == 2
+    err = capsys.readouterr().err
+    assert f"{routing}: tasks.tickets.tiers.0.accept_if.threshold: not a valid routing file" in err
+    assert "Traceback" not in err and not out.exists()
 
 
 def test_report_reads_the_routing_json_bench_thresholds_writes(results: Path, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def test_first_and_accept_follow_the_file(tmp_path) -> None:
     assert router.tasks() == ["tickets"]
     small, big = router.chain("tickets")
     assert router.first("tickets") == small
-    t = next(x for x in router.doc["tasks"]["tickets"]["tiers"] if x["cell"] == small)["accept_if"]["threshold"]
+    t = router.doc.task("tickets").tier(small).accept_if.threshold
     assert router.accept("tickets", small, t, True)
     assert router.accept("tickets", small, t + 0.01, True)
     assert not router.accept("tickets", small, t - 0.01, True)
@@ -99,7 +99,7 @@ def _route_holdout(routing: Path, task: str, samples: list[Any]) -> tuple[list[d
         results = [router.run(task, dict(s.fields)) for s in samples if s.split == "holdout"]
     finally:
         router.close()
-    return results, router.doc["tasks"][task]
+    return results, router.doc.as_dict()["tasks"][task]
 
 
 def _profile() -> str | None:

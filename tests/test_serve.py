@@ -254,7 +254,7 @@ def _slow_steps(app, delays: dict[int, float]):
     import threading
 
     router = app.state.router
-    cells = [t["cell"] for t in router.doc["tasks"]["route-fake"]["tiers"]]
+    cells = [t.cell for t in router.doc.tasks["route-fake"].tiers]
     real, lock = router.step, threading.Lock()
     now = dict.fromkeys(cells, 0)
     peak = dict.fromkeys(cells, 0)
@@ -333,13 +333,13 @@ def test_the_router_plan_and_personal_data_rule_are_applied_and_counted(routing:
 
     def plan(self, task, fields, text):
         calls.append((task, fields, text))
-        tiers = [t["cell"] for t in self.doc["tasks"][task]["tiers"]]
+        tiers = [t.cell for t in self.doc.tasks[task].tiers]
         return [] if "nobody" in text else ([tiers[-1]] if "@" in text else tiers)
 
     monkeypatch.setattr(Router, "plan", plan, raising=False)
     monkeypatch.setattr(Router, "sensitive", lambda self, task, text: "@" in text, raising=False)
     app = _app(routing)
-    cells = [t["cell"] for t in app.state.router.doc["tasks"]["route-fake"]["tiers"]]
+    cells = [t.cell for t in app.state.router.doc.tasks["route-fake"].tiers]
     with TestClient(app) as client:
         r = _ask(client, json.dumps({"text": "mail ana@example.com"}))
         assert r.status_code == 200 and r.json()["bench"]["sensitive"] is True

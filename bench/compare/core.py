@@ -14,6 +14,7 @@ from bench.compare.speed import DEFAULT_FACTOR, _num, compare_speed
 from bench.errors import UserInputError
 from bench.results.load import load_runs
 from bench.results.schema import cell_label
+from bench.routing_file import RoutingDoc
 from bench.stats import Z95, diff_interval, is_binary, mcnemar_exact, mean_ci
 
 DEFAULT_TOLERANCE = 0.02  # the suite's own default, for manifests that carry none
@@ -61,11 +62,11 @@ def load_side(path: str | Path) -> dict[str, TaskData]:
     return tasks
 
 
-def load_routing(path: str | Path) -> dict[str, Any]:
-    """A routing.json, validated by the one routing loader."""
-    from bench.thresholds import read_routing
+def load_routing(path: str | Path) -> RoutingDoc:
+    """A routing.json through the one routing loader (bench.routing_file): validated, a schema 2 file migrated."""
+    from bench.routing_file import load_routing as load
 
-    return read_routing(path, flag="--routing")
+    return load(path, flag="--routing")
 
 
 # ---------------------------------------------------------------- pairing
@@ -251,7 +252,7 @@ def _side(c: CellData) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the whole comparison
 
-def compare(baseline: str | Path, candidate: str | Path, *, routing: dict[str, Any] | None = None,
+def compare(baseline: str | Path, candidate: str | Path, *, routing: RoutingDoc | None = None,
             routing_path: str | None = None, gate_speed: bool = False,
             factor: float = DEFAULT_FACTOR, strict: bool = False,
             max_error_rate: float | None = None, hardware: tuple[str, str] | None = None) -> dict[str, Any]:
@@ -268,7 +269,7 @@ def compare(baseline: str | Path, candidate: str | Path, *, routing: dict[str, A
     if not names:
         raise UserInputError(f"no task in common: the baseline has {', '.join(sorted(base))}; "
                              f"the candidate has {', '.join(sorted(cand))}", file=str(candidate))
-    routing_tasks = (routing or {}).get("tasks", {})
+    routing_tasks = routing.tasks if routing is not None else {}
     notes: list[str] = []
     opts = {"strict": strict, "max_error_rate": max_error_rate}
     tasks = [_compare_task(base[n], cand[n], routing_tasks, gate_speed, factor, notes, opts) for n in names]
@@ -338,7 +339,7 @@ def _compare_task(b: TaskData, c: TaskData, routing_tasks: dict[str, Any], gate_
                      f"the baseline's {tol:g} is used")
     hib = _higher_is_better(b.suite.get("task"))
     policy = routing_tasks.get(name)
-    target = float(policy["target"]) if policy else None
+    target = policy.target if policy else None
     pairs_, left_b, left_c = pair_cells(b.cells, c.cells)
     pairs = [compare_pair(b, pb, pc, how, tol, hib, target, gate_speed, factor, **opts) for pb, pc, how in pairs_]
     for p in pairs:

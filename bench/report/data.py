@@ -15,6 +15,7 @@ from bench.errors import UserInputError
 from bench.results.load import SuiteRuns, latest_rows, load_run, load_runs
 from bench.results.schema import cell_label
 from bench.results.store import iter_samples
+from bench.routing_file import RoutingDoc
 from bench.stats import paired_bootstrap_diff
 
 MAX_DIST = 2000         # latency values kept per cell for the distribution plots (quantiles of the rest)
@@ -34,7 +35,7 @@ class ReportData:
     dists: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    routing: dict[str, Any] | None = None
+    routing: RoutingDoc | None = None
     routing_path: str | None = None
 
     def task_cells(self, task: str) -> list[dict[str, Any]]:
@@ -65,11 +66,12 @@ def thin(values: list[float], limit: int = MAX_DIST) -> list[float]:
     return np.quantile(arr, np.linspace(0.0, 1.0, limit)).round(6).tolist()
 
 
-def load_routing(path: str | Path) -> dict[str, Any]:
-    """Read a routing.json through the one routing loader; the report renders odd shapes, so no schema check."""
-    from bench.thresholds import read_routing
+def load_routing(path: str | Path) -> RoutingDoc:
+    """Read a routing.json through the one routing loader (bench.routing_file), validated as every reader does:
+    the report shows a policy a router would follow, never a file the router refuses."""
+    from bench.routing_file import load_routing as load
 
-    return read_routing(path, flag="--routing", check_schema=False)
+    return load(path, flag="--routing")
 
 
 def load_report_data(results: list[str | Path], routing: str | Path | None = None) -> ReportData:

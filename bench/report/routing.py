@@ -1,7 +1,8 @@
 """The report's routing section: tiers, thresholds, expected quality, cost and escalation, and the savings.
 
-routing.json comes from `bench thresholds`; CONTRACT.md fixes its required keys and anything else in it is
-shown as found, so every key is read defensively and a newer writer's additions still appear.
+routing.json comes from `bench thresholds` and is read by bench.routing_file (validated, as for the router); the
+section shows the document as found: CONTRACT.md lets a writer add keys of any shape, so those are rendered
+defensively and a newer writer's additions still appear.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from html import escape
 from typing import Any
 
 from bench.results.schema import cell_label
+from bench.routing_file import RoutingDoc
 
 KNOWN_TASK_KEYS = ("target", "metric", "tiers", "default", "expected")
 KNOWN_TOP_KEYS = ("schema_version", "created_at", "sources", "tasks")
@@ -20,8 +22,11 @@ def e(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
-def cell_text(cell: Any) -> str:
-    """A routing.json cell as text: a cell object gets its short label, a cell id stays as it is."""
+def cell_text(cell: Any, detail: Any = None) -> str:
+    """A routing.json cell as text: its short label where the tier's `cell_detail` (or a cell object) gives the
+    model, else the cell id as it is."""
+    if isinstance(detail, dict) and detail.get("model"):
+        cell = detail
     if isinstance(cell, dict) and cell.get("model"):
         return cell_label({**cell, "backend": cell.get("backend") or "?"})
     if isinstance(cell, dict):
@@ -53,11 +58,11 @@ def _cost(d: dict[str, Any]) -> float | None:
     return None
 
 
-def routing_for_task(routing: dict[str, Any] | None, task: dict[str, Any]) -> dict[str, Any] | None:
-    """The routing entry for a report task (by suite name, else by task kind), with its expected point."""
-    tasks = (routing or {}).get("tasks")
-    if not isinstance(tasks, dict):
+def routing_for_task(routing: RoutingDoc | None, task: dict[str, Any]) -> dict[str, Any] | None:
+    """The routing entry for a report task (by suite name, else by task kind), as found, with its expected point."""
+    if routing is None:
         return None
+    tasks = routing.as_dict()["tasks"]
     entry = tasks.get(task["key"])
     if entry is None and task.get("kind"):
         entry = tasks.get(task["kind"])
@@ -69,14 +74,16 @@ def routing_for_task(routing: dict[str, Any] | None, task: dict[str, Any]) -> di
     return {"entry": entry, "expected_point": point}
 
 
-def render_routing(doc: dict[str, Any] | None, path: str | None) -> str:
+def render_routing(routing: RoutingDoc | None, path: str | None) -> str:
     """The whole routing section."""
-    if doc is None:
+    if routing is None:
         return ""
-    tasks = doc.get("tasks") if isinstance(doc.get("tasks"), dict) else {}
-    sources = doc.get("sources")
+    doc = routing.as_dict()
+    tasks = doc["tasks"]
+    migrated = (f" · schema {routing.migrated_from}, read as {routing.schema_version}"
+                if routing.migrated_from is not None else "")
     head = (f"<p class=\"meta\">from {e(path)} · created {e(doc.get('created_at') or '?')} · sources: "
-            f"{e(', '.join(map(str, sources)) if isinstance(sources, list) else sources or '?')}</p>")
+            f"{e(', '.join(map(str, doc['sources'])) or '?')}{e(migrated)}</p>")
     extra = {k: v for k, v in doc.items() if k not in KNOWN_TOP_KEYS}
     body = "".join(_task(name, t) for name, t in tasks.items()) or '<p class="note">routing.json has no tasks</p>'
     more = f"<h3>Other fields</h3>{kv(extra)}" if extra else ""
@@ -97,7 +104,8 @@ def _task(name: str, t: Any) -> str:
             continue
         meets = tier.get("meets_target")
         rows.append(
-            f"<tr><td>{i}</td><td>{e(cell_text(tier.get('cell')))}</td><td>{e(tier.get('locality') or '—')}</td>"
+            f"<tr><td>{i}</td><td>{e(cell_text(tier.get('cell'), tier.get('cell_detail')))}</td>"
+            f"<td>{e(tier.get('locality') or '—')}</td>"
             f"<td class=\"num\">{e(_quality_text(tier.get('quality')))}</td>"
             f"<td class=\"num\">{e(_fmt(_cost(tier), '.4g'))}</td>"
             f"<td class=\"num\">{e(_fmt(_number(tier.get('latency_p95_s')), '.3g'))}</td>"
@@ -121,10 +129,12 @@ def _task(name: str, t: Any) -> str:
     extra = {k: v for k, v in t.items() if k not in KNOWN_TASK_KEYS and k != "families"}
     fam_html = _families(t.get("families"))
     saving = _savings_line(t)
+    default = next((x.get("cell_detail") for x in tiers if isinstance(x, dict) and x.get("cell") == t.get("default")),
+                   None)
     extra_html = (("<h4>Savings, baselines and constraints</h4>" + (f"<p><b>{e(saving)}</b></p>" if saving else "")
                    + kv(extra)) if extra else "")
     return (f"<h3>{e(name)}</h3><p class=\"meta\">metric {e(t.get('metric') or '?')} · target "
-            f"{e(_fmt(_number(t.get('target')), '.3g'))} · default tier: <b>{e(cell_text(t.get('default')))}</b></p>"
+            f"{e(_fmt(_number(t.get('target')), '.3g'))} · default tier: <b>{e(cell_text(t.get('default'), default))}</b></p>"
             f"{table}{exp_html}{fam_html}{extra_html}")
 
 
@@ -167,12 +177,13 @@ def _savings_line(t: dict[str, Any]) -> str | None:
 
 def _accept(rule: Any, last: bool, tier: dict[str, Any]) -> str:
     if tier.get("eligible") is False:
-        return f"not eligible: {tier.get('excluded_because') or 'excluded'}"
+        why = tier.get("excluded_because")
+        return "not eligible: " + ("; ".join(map(str, why)) if isinstance(why, list) and why else str(why or "excluded"))
     if isinstance(rule, dict):
         signal = str(rule.get("signal") or "confidence")
         thr = _number(rule.get("threshold"))
         if signal in ("never", "always") and thr is None:
-            return {"never": "never (not in the policy)", "always": "always"}[signal]
+            return "never (not in the policy)" if signal == "never" else ("always (final tier)" if last else "always")
         if thr is None:
             return "always (final tier)" if last else f"{signal}: {rule.get('threshold')}"
         return f"{signal} ≥ {thr:.4g}"

@@ -45,13 +45,13 @@ class Gates:
     def __init__(self, router: Any, concurrency: int | None = None):
         self.limits: dict[str, int] = {}
         for task in router.tasks():
-            for tier in router.doc["tasks"][task]["tiers"]:
-                backend = (tier.get("runtime") or {}).get("backend") or {}
+            for tier in router.doc.task(task).tiers:
+                backend = (tier.runtime or {}).get("backend") or {}
                 if not backend or backend_traits(backend["kind"]).in_process:
                     limit = 1
                 else:
                     limit = int(concurrency or backend.get("concurrency") or 4)
-                self.limits[tier["cell"]] = min(self.limits.get(tier["cell"], limit), limit)
+                self.limits[tier.cell] = min(self.limits.get(tier.cell, limit), limit)
         self._sems: dict[str, asyncio.Semaphore] = {}
         self.pool = ThreadPoolExecutor(max_workers=max(1, sum(self.limits.values())),
                                        thread_name_prefix="bench-tier")
