@@ -59,7 +59,7 @@ class Router:
             if task not in self._pre:
                 from bench.routers.prerouter import LoadedPreRouter
 
-                self._pre[task] = LoadedPreRouter(task, self._task(task).prerouter, self.path,
+                self._pre[task] = LoadedPreRouter(task, self._task(task).prerouter or {}, self.path,
                                                   self.input_fields(task))
         return self._pre[task]
 
@@ -74,6 +74,10 @@ class Router:
         """True where the task's policy failed on holdout and this router sends it to the fallback tier instead."""
         t = self._task(task)
         return t.status == "failed_holdout" and not self.trust_failed_holdout and bool(t.fallback)
+
+    def _fallback(self, task: str) -> str:
+        """The fallback tier of an overridden task (`overridden` holds only where it has one)."""
+        return self._task(task).fallback or ""
 
     def _note_override(self, task: str) -> None:
         if task not in self._warned:
@@ -99,7 +103,7 @@ class Router:
         """The tiers a request may pass through, in order."""
         if self.overridden(task):
             self._note_override(task)
-            return [self._task(task).fallback]
+            return [self._fallback(task)]
         policy = self._task(task).policy
         return list(policy.chain) if policy else []
 
@@ -108,7 +112,7 @@ class Router:
         t = self._task(task)
         if self.overridden(task):
             self._note_override(task)
-            return t.fallback
+            return self._fallback(task)
         if not t.default:
             raise UserInputError(f"task {task!r} has no eligible tier: {t.expected.message}",
                                  file=self.path, field=f"tasks.{task}.default")
@@ -155,7 +159,7 @@ class Router:
         if not rt.get("backend"):
             raise UserInputError(f"tier {cell!r} has no backend config in the routing file (its run predates "
                                  "cell_backends in manifests); rerun the suite", file=self.path)
-        cfg = TypeAdapter(BackendConfig).validate_python(rt["backend"])
+        cfg: BackendConfig = TypeAdapter(BackendConfig).validate_python(rt["backend"])
         model: Any = None
         traits = backend_traits(cfg.kind)
         if traits.in_process and not traits.loads_model_file:
@@ -219,7 +223,7 @@ class Router:
             raise UserInputError(f"task {task!r} has no runtime section (the runs held no suite config)",
                                  file=self.path, field=f"tasks.{task}.runtime")
         ds = rt["dataset"]
-        options = TypeAdapter(TaskConfig).validate_python(rt["task"])
+        options: TaskConfig = TypeAdapter(TaskConfig).validate_python(rt["task"])
         ref_field = ds.get("reference_field")
         reference = sample.get(ref_field) if ref_field else None
         if isinstance(reference, str) and options.kind == "extract":

@@ -198,7 +198,7 @@ def diff_interval(d: np.ndarray, *, alpha: float = 0.05, seed: int = 0,
     return lo, hi, "bca+t"
 
 
-def paired_bootstrap_diff(a: Sequence[float], b: Sequence[float], *, n_boot: int = N_BOOT,
+def paired_bootstrap_diff(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, n_boot: int = N_BOOT,
                           seed: int = 0) -> dict[str, float]:
     """Mean of b - a over paired samples, with a 95% interval (diff_interval's rule)."""
     x = np.asarray(a, dtype=float)

@@ -22,7 +22,7 @@ def _measures_memory(kind: str | None) -> bool:
     """Whether a cell's process memory is its model's (an HTTP cell measures only its client)."""
     from bench.registry import BACKENDS, backend_traits
 
-    return kind in BACKENDS and backend_traits(kind).in_process
+    return kind is not None and kind in BACKENDS and backend_traits(kind).in_process
 
 def paired_interval(n: int, diff_of: Callable[[np.ndarray], np.ndarray], *, n_boot: int = N_BOOT,
                     seed: int = SEED) -> tuple[float, float] | None:
@@ -94,7 +94,7 @@ def _decode_parts(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]]) ->
     """Per shared sample: decoded tokens after the first and decode seconds, for each side (n x 4)."""
     out = []
     for b, c in zip(b_rows, c_rows):
-        parts = []
+        parts: list[float] = []
         for r in (b, c):
             tok, sec = (r.get("completion_tokens") or 0) - 1, r.get("decode_s")
             parts += [tok, sec] if tok > 0 and isinstance(sec, (int, float)) and sec > 0 else [math.nan, math.nan]

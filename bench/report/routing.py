@@ -58,6 +58,16 @@ def _cost(d: dict[str, Any]) -> float | None:
     return None
 
 
+def _obj(v: Any) -> dict[str, Any]:
+    """A JSON object as found, or an empty one for anything else."""
+    return v if isinstance(v, dict) else {}
+
+
+def _seq(v: Any) -> list[Any]:
+    """A JSON array as found, or an empty one for anything else."""
+    return v if isinstance(v, list) else []
+
+
 def routing_for_task(routing: RoutingDoc | None, task: dict[str, Any]) -> dict[str, Any] | None:
     """The routing entry for a report task (by suite name, else by task kind), as found, with its expected point."""
     if routing is None:
@@ -68,7 +78,7 @@ def routing_for_task(routing: RoutingDoc | None, task: dict[str, Any]) -> dict[s
         entry = tasks.get(task["kind"])
     if not isinstance(entry, dict):
         return None
-    expected = entry.get("expected") if isinstance(entry.get("expected"), dict) else {}
+    expected = _obj(entry.get("expected"))
     q, cost = _quality(expected.get("quality"))[0], _cost(expected)
     point = {"quality": q, "cost_per_1k_usd": cost} if q is not None and cost is not None else None
     return {"entry": entry, "expected_point": point}
@@ -96,7 +106,7 @@ def render_routing(routing: RoutingDoc | None, path: str | None) -> str:
 def _task(name: str, t: Any) -> str:
     if not isinstance(t, dict):
         return f"<h3>{e(name)}</h3>{kv(t)}"
-    tiers = t.get("tiers") if isinstance(t.get("tiers"), list) else []
+    tiers = _seq(t.get("tiers"))
     rows = []
     for i, tier in enumerate(tiers, 1):
         if not isinstance(tier, dict):
@@ -145,8 +155,8 @@ def _families(f: Any) -> str:
         return ""
     rows = []
     for kind in ("single", "cascade", "prerouter", "prerouter+cascade"):
-        b = f.get(kind) if isinstance(f.get(kind), dict) else {}
-        best = (b.get("best") or {}).get("holdout") if isinstance(b.get("best"), dict) else None
+        b = _obj(f.get(kind))
+        best = _obj(b.get("best")).get("holdout")
         if not best:
             rows.append(f"<tr><td>{e(kind)}</td><td colspan=\"5\">no admitted policy</td></tr>")
             continue

@@ -192,7 +192,7 @@ def create_app(routing: str | Path, *, log_path: str | Path | None = None, timeo
             "cost_usd": result["cost_usd"], "fallback": ext["fallback"], "prerouter": ext["prerouter"],
             "error": redact_text(message) if message else None})
         if status != 200:
-            return error(status, message, kind, task, headers)
+            return error(status, message or "", kind or "upstream_error", task, headers)
         metrics.answers.labels(task, result["cell"]).inc()
         content = result["answer"] or ""
         usage = {"prompt_tokens": final.get("prompt_tokens") or 0,

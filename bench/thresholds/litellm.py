@@ -52,7 +52,8 @@ def _deployment(task: dict[str, Any], tier: dict[str, Any], name: str) -> dict[s
             label += f"-{rt['quantization']}"
         params["model"] = f"openai/{label}"
         params["api_base"] = f"os.environ/{_env_name(label)}"
-        if backend.get("kind") in BACKENDS and not backend_traits(backend["kind"]).loads_model_file:
+        kind = str(backend.get("kind"))
+        if kind in BACKENDS and not backend_traits(kind).loads_model_file:
             info["bench_note"] = "a test stand-in backend (no model file): there is nothing to serve"
     for key in ("max_tokens", "temperature", "seed"):
         if gen.get(key) is not None:
