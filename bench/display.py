@@ -1,7 +1,11 @@
-"""Terminal output: per-cell progress bars (samples, ETA, live tokens/s) and the results table, on rich."""
+"""Terminal output: per-cell progress (live bars on a terminal, plain lines in a log) and the results table."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -14,21 +18,136 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from bench.fmt import num
 from bench.redact import RedactingStream
 
-console = Console(file=RedactingStream(), stderr=True)   # progress and logs, credentials redacted
+LOG_EVERY_S = 30.0   # in a log, a progress line at least this often ...
+LOG_STEPS = 10       # ... and at every tenth of a cell
+HEARTBEAT_S = 1.0    # how often the heartbeat thread checks the 30 s rule
+clock: Callable[[], float] = time.monotonic   # the log's clock (tests put a fake one here)
+
+
+class LogConsole(Console):
+    """A console that never folds a line where no terminal shows it (a CI log, a pipe): a long path or label
+    stays whole on one line instead of being cut mid-word at the 80 columns rich assumes there."""
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None, **kwargs: Any) -> None:
+        if soft_wrap is None and not self.is_terminal:
+            soft_wrap = True
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
+console = LogConsole(file=RedactingStream(), stderr=True)   # progress and logs, credentials redacted
 out = Console()                  # tables and results
 if not out.is_terminal:          # a log or a pipe: don't squeeze the table into 80 columns
     out = Console(width=200)
 
 
 def cell_progress(quiet: bool = False) -> Progress:
+    """Live per-cell bars on a terminal; elsewhere the bars stay hidden and ProgressLog writes lines instead."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[tps]}"), console=console, disable=quiet, transient=False)
+                    TextColumn("{task.fields[tps]}"), console=console, disable=quiet or not console.is_terminal,
+                    transient=False)
 
 
-def _f(v: Any, fmt: str = "{:.2f}") -> str:
-    return "-" if v is None else fmt.format(v)
+def duration(seconds: float) -> str:
+    """A duration for a log line: '45 s', '3 min 05 s', '2 h 07 min'."""
+    s = max(int(round(seconds)), 0)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class ProgressLog:
+    """One cell's progress as plain lines, for where no live bar shows (a CI log, a pipe): a line at every tenth
+    of the cell and at least every `every_s` seconds (`tick`, called by a heartbeat thread while no sample ends),
+    each with samples done/total, elapsed time, ETA and tokens/s. `clock` is injectable for tests."""
+
+    def __init__(self, label: str, total: int, done: int = 0, *, enabled: bool = True, target: Console | None = None,
+                 clock: Callable[[], float] = time.monotonic, every_s: float = LOG_EVERY_S) -> None:
+        self.label, self.total, self.done, self.tps = label, total, done, 0.0
+        self.enabled = enabled and total > 0
+        self._console = target if target is not None else console
+        self._clock, self._every_s = clock, every_s
+        self._done_at_start = done
+        self._t_start = self._t_last = clock()
+        self._step = self._step_of(done)
+        self._lock = threading.Lock()
+
+    def _step_of(self, done: int) -> int:
+        return done * LOG_STEPS // self.total if self.total else 0
+
+    def update(self, done: int, tps: float = 0.0) -> None:
+        """`done` samples of the cell are finished; a line when that crosses a tenth or `every_s` has passed."""
+        if not self.enabled:
+            return
+        with self._lock:
+            self.done, self.tps = done, tps
+            now = self._clock()
+            step = self._step_of(done)
+            if step > self._step or now - self._t_last >= self._every_s:
+                self._step = max(step, self._step)
+                self._emit(now)
+
+    def tick(self) -> None:
+        """The every-`every_s` rule while no sample finishes (a slow model, a long load)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            now = self._clock()
+            if now - self._t_last >= self._every_s and self.done < self.total:
+                self._emit(now)
+
+    def line(self, now: float) -> str:
+        elapsed = now - self._t_start
+        ran = self.done - self._done_at_start
+        parts = [f"{self.label}: {self.done}/{self.total} samples ({100 * self.done // self.total}%)",
+                 f"elapsed {duration(elapsed)}"]
+        if 0 < ran and self.done < self.total and elapsed > 0:
+            parts.append(f"ETA {duration((self.total - self.done) * elapsed / ran)}")
+        if self.tps:
+            parts.append(f"{num(self.tps, '.1f')} tok/s")
+        return ", ".join(parts)
+
+    def _emit(self, now: float) -> None:
+        self._t_last = now
+        self._console.print(self.line(now), markup=False, highlight=False, soft_wrap=True)
+
+    @contextmanager
+    def heartbeat(self, poll_s: float | None = None) -> Iterator[ProgressLog]:
+        """Calls `tick` every `poll_s` seconds (HEARTBEAT_S) from a daemon thread while the block runs."""
+        poll_s = HEARTBEAT_S if poll_s is None else poll_s
+        if not self.enabled:
+            yield self
+            return
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(poll_s):
+                self.tick()
+
+        thread = threading.Thread(target=beat, name=f"progress {self.label}", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+
+    def finish(self, ran: int, decode_tps: float | None, errored: bool) -> None:
+        """The cell's closing line: samples run in this session, decode tokens/s, whether any errored."""
+        if not self.enabled:
+            return
+        text = f"{self.label}: {ran} samples run" + (f", decode {num(decode_tps, '.1f')} tok/s" if decode_tps else "")
+        self._console.print(text + (", with errors" if errored else ""), markup=False, highlight=False,
+                            soft_wrap=True)
+
+
+def cell_log(label: str, total: int, done: int = 0, quiet: bool = False) -> ProgressLog:
+    """The cell's log lines: on only where no live bar shows (not quiet, and stderr not a terminal)."""
+    return ProgressLog(label, total, done, enabled=not quiet and not console.is_terminal, clock=clock)
 
 
 def results_table(summary: dict[str, Any], title: str | None = None) -> Table:
@@ -46,7 +165,7 @@ def results_table(summary: dict[str, Any], title: str | None = None) -> Table:
         cell = c["cell"]
         t.add_row(cell["model"], cell.get("quantization") or "-", cell["backend"],
                   *((cell.get("hardware") or "?",) if several else ()), str(c["n"]), quality,
-                  f"{_f(c['ttft_s']['p50'])}/{_f(c['ttft_s']['p95'])}", _f(c["prefill_tps"], "{:.0f}"),
-                  _f(c["decode_tps"], "{:.1f}"), _f(c["peak_rss_mb"], "{:.0f}"),
-                  _f(c["cost_per_1k_usd"], "{:.4f}"), str(c["errors"]))
+                  f"{num(c['ttft_s']['p50'], '.2f')}/{num(c['ttft_s']['p95'], '.2f')}", num(c["prefill_tps"], ".0f"),
+                  num(c["decode_tps"], ".1f"), num(c["peak_rss_mb"], ".0f"),
+                  num(c["cost_per_1k_usd"], ".4f"), str(c["errors"]))
     return t

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from bench.fmt import num
+
 BENCHMARK_MODE = "bench: measured per-sample latencies"
 
 
@@ -177,7 +179,7 @@ class BenchSuites:
             examples = "; ".join(sorted({str(r["error"])[:160] for r in errored})[:3])
             pytest.fail(f"{len(errored)} of {len(rows)} samples errored: {examples}", pytrace=False)
         value = quality["mean"] if self.criterion == "mean" else quality["ci_low"]
-        text = (f"{metric} {_f(quality['mean'])} [95% CI {_f(quality['ci_low'])}, {_f(quality['ci_high'])}] "
+        text = (f"{metric} {num(quality['mean'])} [95% CI {num(quality['ci_low'])}, {num(quality['ci_high'])}] "
                 f"on {quality['n']} samples, error rate {(len(rows) - len(ok)) / len(rows):.1%}")
         if get_task(suite.kind).higher_is_better is False:
             value = quality["mean"] if self.criterion == "mean" else quality["ci_high"]
@@ -247,7 +249,3 @@ def record_latencies(benchmark: Any, latencies: list[float]) -> None:
     stats = make_stats(1)  # one iteration per round: each round is one request
     for seconds in latencies:
         stats.update(float(seconds))
-
-
-def _f(x: Any) -> str:
-    return "-" if x is None else f"{x:.3f}"

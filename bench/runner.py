@@ -310,7 +310,6 @@ def _write_inputs(run: Any, suite: Suite, samples: list[Sample]) -> None:
         writer.close()
 
 
-LOG_EVERY_S = 30.0
 QUIET_WAIT_S = 60.0
 
 
@@ -338,36 +337,16 @@ def _refuse_noisy(suite: Suite, plan: CellPlan, todo: list[Sample], writer: Samp
     return True
 
 
-def _log_progress(state: dict[str, Any], label: str, done: int, total: int, tps: float, quiet: bool) -> None:
-    """Where no live bar shows (a CI log, a pipe): a line at least every 30 s and at every 10% of the cell."""
-    import time as _time
-
-    from bench.display import console
-
-    if quiet or console.is_terminal:
-        return
-    now = _time.monotonic()
-    start = state.setdefault("t_start", now)
-    last = state.setdefault("t_last_log", now)
-    step = max(total // 10, 1)
-    if done < total and done % step and now - last < LOG_EVERY_S:
-        return
-    state["t_last_log"] = now
-    rate = done / (now - start) if now > start else 0.0
-    eta = f", ETA {(total - done) / rate:.0f} s" if rate and done < total else ""
-    console.print(f"{label}: {done}/{total} samples{eta}" + (f", {tps:.1f} tok/s" if tps else ""),
-                  markup=False, highlight=False, soft_wrap=True)
-
-
 def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: list[Sample], writer: SampleWriter,
                   progress: Any, profile: Any, profiles: dict[str, Any], isolation: str, quiet: bool,
                   resolve_model: Any, cluster: Any = None) -> bool:
     """Run one cell's remaining samples; returns True when any of them errored."""
-    from bench.display import console
+    from bench.display import cell_log, console
     from bench.results.schema import cell_label
 
     label = cell_label(plan.cell)
     task_id = progress.add_task(label, total=len(samples), completed=len(samples) - len(todo), tps="")
+    log = cell_log(label, len(samples), len(samples) - len(todo), quiet)  # lines where no live bar shows
     by_id = {s.id: s for s in todo}
     state: dict[str, Any] = {"load": {}, "errored": False, "written": set(), "tokens": 0, "decode_s": 0.0,
                              "node": None}
@@ -424,26 +403,25 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
                 state["decode_s"] += row["decode_s"]
             tps = state["tokens"] / state["decode_s"] if state["decode_s"] else 0.0
             progress.update(task_id, advance=1, tps=f"{tps:.1f} tok/s")
-            _log_progress(state, label, len(state["written"]), len(todo), tps, quiet)
+            log.update(len(samples) - len(todo) + len(state["written"]), tps)
         elif kind == "fatal":
             console.print(f"[red]{label}: {payload}[/]")
             write_error(str(payload))
 
     requests = build_requests(suite, todo, plan.chat)
-    if on_cluster:
-        from bench.executors.ray_cluster import run_cell_on_cluster
+    with log.heartbeat():
+        if on_cluster:
+            from bench.executors.ray_cluster import run_cell_on_cluster
 
-        spec = None if plan.model_ref is None else {
-            "id": plan.cell["model"], "quantization": plan.cell["quantization"], "chat": plan.chat,
-            "ref": plan.model_ref.model_dump(mode="json")}
-        run_cell_on_cluster(cluster, plan.cell["hardware"], plan.backend.model_dump(), spec, requests, on_event,
-                            state["written"])
-    else:
-        _spawn_cell(plan, requests, on_event, isolation)
+            spec = None if plan.model_ref is None else {
+                "id": plan.cell["model"], "quantization": plan.cell["quantization"], "chat": plan.chat,
+                "ref": plan.model_ref.model_dump(mode="json")}
+            run_cell_on_cluster(cluster, plan.cell["hardware"], plan.backend.model_dump(), spec, requests, on_event,
+                                state["written"])
+        else:
+            _spawn_cell(plan, requests, on_event, isolation)
     if len(state["written"]) < len(todo):
         write_error("cell ended without an answer for this sample")
-    if not quiet and not console.is_terminal:  # logs get one line per cell instead of a live bar
-        tps = f", decode {state['tokens'] / state['decode_s']:.1f} tok/s" if state["decode_s"] else ""
-        console.print(f"{label}: {len(state['written'])} samples run{tps}"
-                      + (", with errors" if state["errored"] else ""), markup=False, highlight=False, soft_wrap=True)
+    log.finish(len(state["written"]), state["tokens"] / state["decode_s"] if state["decode_s"] else None,
+               bool(state["errored"]))
     return bool(state["errored"])

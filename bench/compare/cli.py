@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserInputError
+from bench.fmt import num
 
 
 def write_markdown(path: str, text: str) -> None:
@@ -27,10 +28,9 @@ def write_markdown(path: str, text: str) -> None:
 def _two(m: dict[str, Any] | None, digits: int) -> str:
     if not m or (m["baseline"] is None and m["candidate"] is None):
         return "-"
-    f = (lambda x: "-" if x is None else f"{x:.{digits}f}")
     extra = "" if m["ratio"] is None else f"\nx{m['ratio']:.2f}" + ("" if m["verdict"] == "same" else
                                                                      f" {m['verdict']}")
-    return f"{f(m['baseline'])} -> {f(m['candidate'])}{extra}"
+    return f"{num(m['baseline'], f'.{digits}f')} -> {num(m['candidate'], f'.{digits}f')}{extra}"
 
 
 def print_terminal(result: dict[str, Any]) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from bench import SCHEMA_VERSION
-from bench.compare.speed import DEFAULT_FACTOR, _num, compare_speed
+from bench.compare.speed import DEFAULT_FACTOR, compare_speed
 from bench.errors import UserInputError
 from bench.results.load import load_runs
+from bench.fmt import finite, num
 from bench.results.schema import cell_label
 from bench.routing_file import RoutingDoc
 from bench.stats import Z95, diff_interval, is_binary, mcnemar_exact, mean_ci
@@ -116,7 +117,7 @@ def _score(row: dict[str, Any]) -> float | None:
     if s is None or isinstance(s, bool):
         return None
     try:
-        return _num(s)
+        return finite(s)
     except (TypeError, ValueError):
         return None
 
@@ -213,7 +214,7 @@ def compare_pair(task: TaskData, b: CellData, c: CellData, how: str, tolerance: 
         if routing["regression"]:
             bound = q_c["ci_low"] if hib else q_c["ci_high"]
             reasons.append(f"no longer meets the routing target {routing_target:g}: {metric} "
-                           f"{'lower' if hib else 'upper'} bound {_fmt(bound)} (the baseline met it)")
+                           f"{'lower' if hib else 'upper'} bound {num(bound)} (the baseline met it)")
     answered = [s for s in shared if s not in b_err | c_err]
     speed = compare_speed(b.cell, c.cell, [b.rows[s] for s in answered], [c.rows[s] for s in answered],
                           list(b.rows.values()), list(c.rows.values()), factor=factor)
@@ -238,12 +239,8 @@ def compare_pair(task: TaskData, b: CellData, c: CellData, how: str, tolerance: 
     }
 
 
-def _fmt(x: Any) -> str:
-    return "-" if x is None else f"{x:.3f}"
-
-
 def _q(q: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_num(v) if k in ("mean", "ci_low", "ci_high") else v) for k, v in q.items()}
+    return {k: (finite(v) if k in ("mean", "ci_low", "ci_high") else v) for k, v in q.items()}
 
 
 def _side(c: CellData) -> dict[str, Any]:

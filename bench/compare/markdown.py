@@ -5,14 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from bench.compare.core import INCONCLUSIVE, REGRESSION, WORSE_SPEED
+from bench.fmt import escape_md_cell, num
 
 QUALITY_HEADER = ("task", "baseline", "candidate", "delta [95% CI]", "verdict")
 SPEED_HEADER = ("task", "baseline -> candidate", "p95 latency s", "decode tok/s", "peak RSS MB", "peak GPU MB",
                 "verdict")
-
-
-def _f(x: Any, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def verdict_text(pair: dict[str, Any]) -> str:
@@ -44,7 +41,7 @@ def headline(result: dict[str, Any]) -> str:
 
 
 def _quality(side: dict[str, Any], q: dict[str, Any], metric: str, errors: int) -> str:
-    text = f"{side['short']}: {metric} {_f(q['mean'])} [{_f(q['ci_low'])}, {_f(q['ci_high'])}]"
+    text = f"{side['short']}: {metric} {num(q['mean'])} [{num(q['ci_low'])}, {num(q['ci_high'])}]"
     return text + (f", {errors} errored" if errors else "")
 
 
@@ -70,7 +67,7 @@ def quality_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
 def _speed_cell(m: dict[str, Any] | None, digits: int) -> str:
     if not m or (m["baseline"] is None and m["candidate"] is None):
         return "-"
-    text = f"{_f(m['baseline'], digits)} -> {_f(m['candidate'], digits)}"
+    text = f"{num(m['baseline'], f'.{digits}f')} -> {num(m['candidate'], f'.{digits}f')}"
     if m["ratio"] is not None:
         text += f" (x{m['ratio']:.2f}"
         text += "" if m["verdict"] == "same" else ", not judged" if m["verdict"] == "n/a" else f", {m['verdict']}"
@@ -96,14 +93,10 @@ def pair_lines(result: dict[str, Any]) -> list[str]:
             for t in result["tasks"] for p in t["pairs"]]
 
 
-def _esc(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], drop: set[int] = frozenset()) -> list[str]:
     keep = [i for i in range(len(header)) if i not in drop]
     lines = ["| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
-    lines += ["| " + " | ".join(_esc(r[i]) for i in keep) + " |" for r in rows]
+    lines += ["| " + " | ".join(escape_md_cell(r[i]) for i in keep) + " |" for r in rows]
     return lines
 
 
@@ -127,16 +120,16 @@ def render(result: dict[str, Any]) -> str:
            ""]
     out += _table(QUALITY_HEADER, quality_rows(result))
     if result["regressions"]:
-        out += ["", "### Regressions", ""] + [f"- {_esc(r)}" for r in result["regressions"]]
+        out += ["", "### Regressions", ""] + [f"- {escape_md_cell(r)}" for r in result["regressions"]]
     gate = "gated (`--gate-speed`)" if settings["gate_speed"] else "reported, not gated"
     out += ["", "### Speed and memory", "",
             f"Worse only when the ratio passes x{settings['speed_factor']:.2f} and a paired bootstrap 95% interval "
             f"of the difference excludes zero; {gate}.", ""]
     out += _table(SPEED_HEADER, speed_rows(result), speed_columns_to_drop(result))
     speed_notes = sorted({p["speed"]["note"] for t in result["tasks"] for p in t["pairs"] if p["speed"]["note"]})
-    out += ["", "### Pairs compared", ""] + [f"- {_esc(line)}" for line in pair_lines(result)]
+    out += ["", "### Pairs compared", ""] + [f"- {escape_md_cell(line)}" for line in pair_lines(result)]
     notes = speed_notes + result["notes"]
     if notes:
-        out += ["", "### Notes", ""] + [f"- {_esc(n)}" for n in notes]
+        out += ["", "### Notes", ""] + [f"- {escape_md_cell(n)}" for n in notes]
     return "\n".join(out) + "\n"
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.fmt import finite
 from bench.stats import paired_bootstrap_diff
 
 DEFAULT_FACTOR = 1.10
@@ -51,7 +52,7 @@ def judge(base: float | None, cand: float | None, *, lower_is_better: bool, inte
     """Worse (or better) when the ratio passes the factor and the interval excludes zero on that side.
 
     Without an interval (one measurement, or under two samples) the ratio decides alone, as asv does."""
-    out: dict[str, Any] = {"baseline": _num(base), "candidate": _num(cand), "ratio": None,
+    out: dict[str, Any] = {"baseline": finite(base), "candidate": finite(cand), "ratio": None,
                            "ci_diff": list(interval) if interval else None, "significant": None, "verdict": "n/a"}
     if base is None or cand is None or not base > 0 or not cand > 0:
         return out
@@ -73,14 +74,6 @@ def judge(base: float | None, cand: float | None, *, lower_is_better: bool, inte
     else:
         out["verdict"] = "same"
     return out
-
-
-def _num(x: Any) -> float | None:
-    """A JSON-safe number: NaN and infinities become null."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _pairs(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:

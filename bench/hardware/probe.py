@@ -132,7 +132,7 @@ def save_probe(fingerprint: str, result: dict[str, Any]) -> Path:
     """Store a probe result for this machine, replacing an older one; returns the file."""
     path = probe_path(fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from bench.results.store import write_text_atomic
+    from bench.fmt import write_text_atomic
 
     write_text_atomic(path, json.dumps({**result, "fingerprint": fingerprint}, indent=2))
     return path

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ModelError
+from bench.fmt import write_text_atomic
 from bench.models.catalog import CATALOG, CatalogEntry, get_entry
 
 CACHE_ENV = "BENCH_CACHE_DIR"
@@ -74,7 +75,7 @@ def verify(path: Path, expected: str | None, model_id: str) -> str:
             f"sha256 mismatch for {path.name}: expected {expected}, got {actual}",
             hint=f"the cached file is damaged; run 'bench models pull {model_id}' to fetch it again",
         )
-    marker.write_text(json.dumps({"sha256": actual, "stat": _stat_key(path)}))
+    write_text_atomic(marker, json.dumps({"sha256": actual, "stat": _stat_key(path)}))
     return actual
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from bench.errors import ModelError, UserInputError, did_you_mean
 from bench.models.cache import derived_path, provenance_path, verify
+from bench.fmt import write_text_atomic
 from bench.models.catalog import CatalogEntry, get_entry
 from bench.models.fetch import pull
 from bench.models.gguf_header import read_gguf_header
@@ -182,7 +183,7 @@ def derive(entry: CatalogEntry, base_path: Path, qtype: str, quiet: bool = False
         "seconds": round(seconds, 2),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    provenance_path(dest).write_text(json.dumps(prov, indent=2))
+    write_text_atomic(provenance_path(dest), json.dumps(prov, indent=2))
     _say(f"  wrote {dest} ({prov['size_bytes'] / 1e6:.1f} MB, {seconds:.1f} s)", quiet)
     return dest, prov
 

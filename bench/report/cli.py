@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError("is a directory: expected the path of the HTML file to write", file=str(out),
                              field="--output")
     try:
-        from bench.results.store import write_text_atomic
+        from bench.fmt import write_text_atomic
 
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, html)

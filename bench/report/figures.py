@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from bench.fmt import escape_html, html_num
 from bench.report.data import frontier
 
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC",
@@ -20,7 +20,7 @@ ROW_PX = 26
 
 def esc(text: Any) -> str:
     """Plotly renders a subset of HTML in every label, so text from runs is escaped before it gets there."""
-    return html.escape(str(text), quote=False)
+    return escape_html(str(text), quote=False)
 
 
 def _colors(values: list[str]) -> dict[str, str]:
@@ -36,14 +36,11 @@ def _layout(fig: go.Figure, title: str, n_rows: int | None = None, height: int |
     return fig
 
 
-def _fmt(v: float | None, digits: int = 3) -> str:
-    return "—" if v is None else f"{v:.{digits}g}"
-
-
 def _hover(c: dict[str, Any]) -> str:
-    ci = "" if c["ci_low"] is None else f" [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]"
-    return (f"<b>{esc(c['label'])}</b><br>quality {_fmt(c['quality'])}{ci}<br>"
-            f"$/1k {_fmt(c['cost_per_1k_usd'])}<br>p95 latency {_fmt(c['latency_p95'])} s<br>run {esc(c['run_id'])}")
+    ci = "" if c["ci_low"] is None else f" [{html_num(c['ci_low'])}, {html_num(c['ci_high'])}]"
+    return (f"<b>{esc(c['label'])}</b><br>quality {html_num(c['quality'])}{ci}<br>"
+            f"$/1k {html_num(c['cost_per_1k_usd'])}<br>p95 latency {html_num(c['latency_p95'])} s<br>"
+            f"run {esc(c['run_id'])}")
 
 
 # ---------------------------------------------------------------- quality against cost
@@ -68,7 +65,7 @@ def quality_cost(cells: list[dict[str, Any]], task: dict[str, Any], policy: dict
         fig.update_yaxes(autorange="reversed")
         if task.get("target") is not None:
             fig.add_vline(x=task["target"], line={"dash": "dash", "color": "#999"},
-                          annotation_text=f"target {_fmt(task['target'])}", annotation_position="top")
+                          annotation_text=f"target {html_num(task['target'])}", annotation_position="top")
         return _layout(fig, title, n_rows=len(scored), showlegend=False)
     else:
         for c in priced:
@@ -93,11 +90,11 @@ def quality_cost(cells: list[dict[str, Any]], task: dict[str, Any], policy: dict
             fig.add_trace(go.Scatter(x=[cost], y=[q], mode="markers", name="routing policy (expected, holdout)",
                                      marker={"symbol": "star", "size": 18, "color": "#E45756",
                                              "line": {"width": 1, "color": "#000"}},
-                                     hovertext=[f"routing policy<br>quality {_fmt(q)}<br>$/1k {_fmt(cost)}"],
+                                     hovertext=[f"routing policy<br>quality {html_num(q)}<br>$/1k {html_num(cost)}"],
                                      hoverinfo="text"))
     if task.get("target") is not None:
         fig.add_hline(y=task["target"], line={"dash": "dash", "color": "#999"},
-                      annotation_text=f"target {_fmt(task['target'])}", annotation_position="top left")
+                      annotation_text=f"target {html_num(task['target'])}", annotation_position="top left")
     fig.update_yaxes(title_text=metric)
     return _layout(fig, title, height=460)
 
@@ -139,7 +136,7 @@ def speed(cells: list[dict[str, Any]], title: str) -> go.Figure | None:
         for col, field in ((1, "prefill_tps"), (2, "decode_tps")):
             fig.add_trace(go.Bar(x=[c[field] for c in mine], y=labels, orientation="h", name=esc(hw),
                                  legendgroup=esc(hw), showlegend=col == 1, marker_color=color,
-                                 hovertext=[f"{lab}<br>{_fmt(c[field], 4)} tok/s"
+                                 hovertext=[f"{lab}<br>{html_num(c[field], '.4g')} tok/s"
                                             + (f"<br>bandwidth utilization {c['bandwidth_utilization']:.0%}"
                                                if col == 2 and c["bandwidth_utilization"] is not None else "")
                                             for lab, c in zip(labels, mine)], hoverinfo="text"),
@@ -150,8 +147,9 @@ def speed(cells: list[dict[str, Any]], title: str) -> go.Figure | None:
                                  mode="markers", name="roofline decode ceiling",
                                  marker={"symbol": "line-ns-open", "size": 20, "line": {"width": 3, "color": "#000"},
                                          "color": "#000"},
-                                 hovertext=[f"{esc(c['label'])}<br>ceiling {_fmt(c['decode_ceiling_tps'], 4)} tok/s"
-                                            for c in ceil], hoverinfo="text"), row=1, col=2)
+                                 hovertext=[f"{esc(c['label'])}<br>ceiling "
+                                            f"{html_num(c['decode_ceiling_tps'], '.4g')} tok/s" for c in ceil],
+                                 hoverinfo="text"), row=1, col=2)
     else:
         title += " (decode ceiling unknown: no memory bandwidth for these machines)"
     fig.update_layout(barmode="overlay")
@@ -171,7 +169,7 @@ def memory(cells: list[dict[str, Any]], title: str) -> go.Figure | None:
                                ("peak_gpu_mb", "peak GPU memory", PALETTE[1])):
         if any(c[field] is not None for c in rows):
             fig.add_trace(go.Bar(x=[c[field] for c in rows], y=labels, orientation="h", name=name,
-                                 marker_color=color, hovertext=[f"{lab}<br>{name}: {_fmt(c[field], 4)} MB"
+                                 marker_color=color, hovertext=[f"{lab}<br>{name}: {html_num(c[field], '.4g')} MB"
                                                                 for lab, c in zip(labels, rows)], hoverinfo="text"))
     fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="MB")

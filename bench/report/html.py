@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from html import escape
 from typing import Any
 
 import plotly.graph_objects as go
 
 from bench import __version__
+from bench.fmt import escape_html, html_num
 from bench.report import figures as F
 from bench.report.data import INPUT_CHARS, OUTPUT_CHARS, ReportData, quant_deltas
 from bench.report.routing import render_routing, routing_for_task
@@ -17,20 +17,13 @@ from bench.report.routing import render_routing, routing_for_task
 CONFIG = {"displaylogo": False, "responsive": True}
 
 
-def e(value: Any) -> str:
-    """Escape anything for HTML text or a quoted attribute."""
-    return escape("" if value is None else str(value), quote=True)
+e = escape_html  # anything as HTML text or a quoted attribute
 
 
 def script_json(text: str) -> str:
     """JSON made safe inside <script>: no `</script>`, `<!--` or line separator can end or bend the block."""
     return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
-
-
-def nt(value: float | None, fmt: str = ".3g", suffix: str = "") -> str:
-    """A number as text, or a dash when there is none."""
-    return "—" if value is None else f"{value:{fmt}}{suffix}"
 
 
 class Page:
@@ -100,17 +93,17 @@ def _overview(data: ReportData) -> str:
             f"{c['quality']:.3f}" + ("" if c["ci_low"] is None else f" [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"))
         errors = (f'<td class="num bad" title="{e("; ".join(c["error_examples"]))}">{c["errors"]}</td>'
                   if c["errors"] else '<td class="num">0</td>')
-        decode = nt(c["decode_tps"], ".1f") + ("" if c["decode_ceiling_tps"] is None
+        decode = html_num(c["decode_tps"], ".1f") + ("" if c["decode_ceiling_tps"] is None
                                                else f" ({c['decode_ceiling_tps']:.0f})")
         cells = [e(c["task"]), e(c["model"]), e(c["quantization"] or "—"), e(c["backend"]), e(c["hardware"]),
                  f"<small>{e(c['run_id'])}</small>"]
         rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells) + f'<td class="num">{c["n"]}</td>' + errors
                     + "".join(f'<td class="num">{v}</td>' for v in (
                         e(quality),
-                        f"{nt(c['ttft_p50'])} / {nt(c['ttft_p95'])}",
-                        f"{nt(c['latency_p50'])} / {nt(c['latency_p95'])}",
-                        nt(c["prefill_tps"], ".1f"), decode, nt(c["peak_rss_mb"], ".0f"),
-                        nt(c["cost_per_1k_usd"], ".4g"), nt(c["bandwidth_utilization"], ".0%")))
+                        f"{html_num(c['ttft_p50'])} / {html_num(c['ttft_p95'])}",
+                        f"{html_num(c['latency_p50'])} / {html_num(c['latency_p95'])}",
+                        html_num(c["prefill_tps"], ".1f"), decode, html_num(c["peak_rss_mb"], ".0f"),
+                        html_num(c["cost_per_1k_usd"], ".4g"), html_num(c["bandwidth_utilization"], ".0%")))
                     + "</tr>")
     head = "".join(f"<th>{e(h)}</th>" for h in OVERVIEW_COLS)
     return (f'<section id="overview"><h2>Overview</h2><p class="note">One row per cell (model × quantization × '
@@ -126,7 +119,7 @@ def _task_section(data: ReportData, task: dict[str, Any], i: int, page: Page) ->
     policy = routing_for_task(data.routing, task)
     deltas = quant_deltas(cells, data.scores, task.get("higher_is_better", True))
     head = (f'<section id="task-{i}"><h2>Task: {e(name)}</h2><p class="meta">kind {e(task.get("kind") or "?")} · '
-            f"metric {e(task.get('metric') or '?')} · target {nt(task.get('target'))} · {len(cells)} cell(s)</p>"
+            f"metric {e(task.get('metric') or '?')} · target {html_num(task.get('target'))} · {len(cells)} cell(s)</p>"
             + (f"<p>{e(task['description'])}</p>" if task.get("description") else ""))
     parts = [
         "<h3>Quality against cost</h3>",
@@ -159,8 +152,8 @@ def _delta_table(deltas: list[dict[str, Any]]) -> str:
         return ""
     rows = "".join(
         f"<tr><td>{e(d['model'])}</td><td>{e(d['backend'])}</td><td>{e(d['hardware'])}</td>"
-        f"<td>{e(d['quantization'] or '—')}</td><td class=\"num\">{nt(d['quality'], '.3f')}</td>"
-        f"<td class=\"num\">{'best' if d['is_best'] else nt(d['delta'], '+.3f')}</td>"
+        f"<td>{e(d['quantization'] or '—')}</td><td class=\"num\">{html_num(d['quality'], '.3f')}</td>"
+        f"<td class=\"num\">{'best' if d['is_best'] else html_num(d['delta'], '+.3f')}</td>"
         f"<td class=\"num\">{_ci(d)}"
         f"</td><td class=\"num\">{'' if d['is_best'] else (d['n'] or 'unpaired')}</td></tr>" for d in deltas)
     return ("<div class=\"scroll\"><table><thead><tr><th>model</th><th>backend</th><th>hardware</th><th>quant</th>"
@@ -180,7 +173,7 @@ def _examples(data: ReportData) -> str:
         for ex in data.examples.get(task["key"], []):
             answers = "".join(
                 f"<tr><td>{e(a['label'])}</td><td><pre>{_cut(a['output'], OUTPUT_CHARS)}</pre></td>"
-                f"<td class=\"num\">{nt(a['score'], '.3f')}</td><td>{e('yes' if a['verified'] else 'no')}</td>"
+                f"<td class=\"num\">{html_num(a['score'], '.3f')}</td><td>{e('yes' if a['verified'] else 'no')}</td>"
                 f"<td class=\"bad\">{e(a['error'] or '')}</td></tr>" for a in ex["answers"])
             src = ""
             if ex["input"] is not None:

@@ -8,9 +8,9 @@ defensively and a newer writer's additions still appear.
 from __future__ import annotations
 
 import json
-from html import escape
 from typing import Any
 
+from bench.fmt import escape_html, html_num
 from bench.results.schema import cell_label
 from bench.routing_file import RoutingDoc
 
@@ -18,8 +18,7 @@ KNOWN_TASK_KEYS = ("target", "metric", "tiers", "default", "expected")
 KNOWN_TOP_KEYS = ("schema_version", "created_at", "sources", "tasks")
 
 
-def e(value: Any) -> str:
-    return escape("" if value is None else str(value), quote=True)
+e = escape_html  # every value from routing.json is escaped (None as empty)
 
 
 def cell_text(cell: Any, detail: Any = None) -> str:
@@ -117,8 +116,8 @@ def _task(name: str, t: Any) -> str:
             f"<tr><td>{i}</td><td>{e(cell_text(tier.get('cell'), tier.get('cell_detail')))}</td>"
             f"<td>{e(tier.get('locality') or '—')}</td>"
             f"<td class=\"num\">{e(_quality_text(tier.get('quality')))}</td>"
-            f"<td class=\"num\">{e(_fmt(_cost(tier), '.4g'))}</td>"
-            f"<td class=\"num\">{e(_fmt(_number(tier.get('latency_p95_s')), '.3g'))}</td>"
+            f"<td class=\"num\">{e(html_num(_cost(tier), '.4g'))}</td>"
+            f"<td class=\"num\">{e(html_num(_number(tier.get('latency_p95_s')), '.3g'))}</td>"
             f"<td>{'—' if meets is None else ('yes' if meets else 'no')}</td>"
             f"<td>{e(_accept(tier.get('accept_if'), i == len(tiers), tier))}</td></tr>")
     table = ("<div class=\"scroll\"><table><thead><tr><th>#</th><th>tier (cell)</th><th>locality</th>"
@@ -129,8 +128,8 @@ def _task(name: str, t: Any) -> str:
     exp_html = ""
     if isinstance(expected, dict):
         shown = {"quality": _quality_text(expected.get("quality")),
-                 "cost per 1k requests ($)": _fmt(_cost(expected), ".4g"),
-                 "escalation rate": _fmt(_number(expected.get("escalation_rate")), ".1%")}
+                 "cost per 1k requests ($)": html_num(_cost(expected), ".4g"),
+                 "escalation rate": html_num(_number(expected.get("escalation_rate")), ".1%")}
         rest = {k: v for k, v in expected.items()
                 if k not in ("quality", "cost_per_1k_usd", "cost_per_1k", "escalation_rate")}
         exp_html = f"<h4>Expected on holdout</h4>{kv({**shown, **rest})}"
@@ -144,7 +143,8 @@ def _task(name: str, t: Any) -> str:
     extra_html = (("<h4>Savings, baselines and constraints</h4>" + (f"<p><b>{e(saving)}</b></p>" if saving else "")
                    + kv(extra)) if extra else "")
     return (f"<h3>{e(name)}</h3><p class=\"meta\">metric {e(t.get('metric') or '?')} · target "
-            f"{e(_fmt(_number(t.get('target')), '.3g'))} · default tier: <b>{e(cell_text(t.get('default'), default))}</b></p>"
+            f"{e(html_num(_number(t.get('target')), '.3g'))} · "
+            f"default tier: <b>{e(cell_text(t.get('default'), default))}</b></p>"
             f"{table}{exp_html}{fam_html}{extra_html}")
 
 
@@ -165,8 +165,8 @@ def _families(f: Any) -> str:
         rows.append(f"<tr><td>{e(kind)}{' (chosen)' if f.get('winner') == kind else ''}</td>"
                     f"<td>{e((b.get('policy') or {}).get('text'))}</td>"
                     f"<td class=\"num\">{e(_quality_text(best.get('quality')))}</td>"
-                    f"<td class=\"num\">{e(_fmt(_cost(best), '.4g'))}</td>"
-                    f"<td class=\"num\">{e(_fmt(_number(best.get('escalation_rate')), '.0%'))}</td>"
+                    f"<td class=\"num\">{e(html_num(_cost(best), '.4g'))}</td>"
+                    f"<td class=\"num\">{e(html_num(_number(best.get('escalation_rate')), '.0%'))}</td>"
                     f"<td>{e(mix)}</td></tr>")
     vs = (f.get("prerouter_vs_cascade") or {}).get("message")
     return ("<h4>Policy families (cheapest admitted policy of each, on holdout)</h4><div class=\"scroll\"><table>"
@@ -200,10 +200,6 @@ def _accept(rule: Any, last: bool, tier: dict[str, Any]) -> str:
     if rule is None:
         return "always (final tier)" if last else "—"
     return str(rule)
-
-
-def _fmt(v: float | None, spec: str) -> str:
-    return "—" if v is None else f"{v:{spec}}"
 
 
 def kv(obj: Any, depth: int = 0) -> str:

@@ -71,8 +71,8 @@ def derive_summary(run: RunDir, profile: Any = None, bandwidth: tuple[float, str
 def _macro_f1(summary: dict[str, Any], rows: list[dict[str, Any]], manifest: dict[str, Any], run: RunDir) -> None:
     """Classify cells: macro-F1 over the suite's labels beside accuracy (errors and unparsed answers are wrong),
     from the references inputs.jsonl keeps; absent for runs made before it kept them."""
+    from bench.metrics import macro_f1  # the evaluate module's compute
     from bench.tasks.base import norm_text
-    from bench.tasks.classify import macro_f1
 
     suite = manifest.get("suite") or {}
     labels = (((suite.get("config") or {}).get("task")) or {}).get("labels")

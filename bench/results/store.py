@@ -16,6 +16,7 @@ import orjson
 
 from bench import SCHEMA_VERSION
 from bench.errors import UserInputError
+from bench.fmt import write_text_atomic  # noqa: F401 - one atomic writer, re-exported here
 from bench.redact import redact, redact_text
 from bench.results.schema import check_version
 
@@ -31,23 +32,6 @@ def utcnow() -> str:
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a uniquely named temporary file and rename, so a reader never sees half a file and two
-    writers never share a temporary; nothing is left behind on failure."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserInputError("expected a file to write, got a directory", file=str(path))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:

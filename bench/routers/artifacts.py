@@ -27,7 +27,7 @@ def artifact_dir(routing_path: Path) -> Path:
 
 def save(routing_path: Path, task: str, doc: dict[str, Any]) -> dict[str, Any]:
     """Write one task's pre-router next to routing.json; returns its reference {path, sha256} (path relative)."""
-    from bench.results.store import write_text_atomic
+    from bench.fmt import write_text_atomic
 
     doc = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION, **doc}
     data = dumps(doc)

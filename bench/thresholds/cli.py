@@ -6,13 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.results.store import write_text_atomic
+from bench.fmt import num, write_text_atomic
 from bench.thresholds.document import build, write
 from bench.thresholds.gather import gather, parse_targets
-
-
-def _f(v: Any, fmt: str = "{:.3f}") -> str:
-    return "-" if v is None else fmt.format(v)
 
 
 def _cost(v: Any) -> str:
@@ -34,8 +30,8 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
         lines.append((head, "bold"))
         for tier in t["tiers"]:
             q = tier["quality"]
-            lines.append((f"  {tier['cell']}: {_f(q['mean'])} [{_f(q['ci_low'])}, {_f(q['ci_high'])}] "
-                          f"{_cost(tier['cost_per_1k_usd'])} p95 {_f(tier['latency_p95_s'], '{:.3g}')} s  "
+            lines.append((f"  {tier['cell']}: {num(q['mean'])} [{num(q['ci_low'])}, {num(q['ci_high'])}] "
+                          f"{_cost(tier['cost_per_1k_usd'])} p95 {num(tier['latency_p95_s'], '.3g')} s  "
                           f"{'meets target' if tier['meets_target'] else 'below target'}; "
                           + (f"accept {_accept(tier['accept_if'])}" if tier["eligible"]
                              else "excluded: " + "; ".join(tier["excluded_because"] or [])), None))
@@ -49,8 +45,8 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
             best = (f.get("best") or {}).get("holdout")
             if best:
                 q = best["quality"]
-                lines.append((f"  {kind}: {f['policy']['text']}: holdout {_f(q['mean'])} [{_f(q['ci_low'])}, "
-                              f"{_f(q['ci_high'])}], {_cost(best['cost_per_1k_usd'])}"
+                lines.append((f"  {kind}: {f['policy']['text']}: holdout {num(q['mean'])} [{num(q['ci_low'])}, "
+                              f"{num(q['ci_high'])}], {_cost(best['cost_per_1k_usd'])}"
                               + (" (chosen)" if fams.get("winner") == kind else ""), None))
             elif kind in fams:
                 lines.append((f"  {kind}: no admitted policy", None))
@@ -62,8 +58,8 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
         e = t["expected"]
         q = e["quality"]
         if e.get("n"):
-            held = (f"  holdout: quality {_f(q['mean'])} [{_f(q['ci_low'])}, {_f(q['ci_high'])}], "
-                    f"{_cost(e['cost_per_1k_usd'])}, escalation {_f(e['escalation_rate'], '{:.0%}')}, n={e['n']}")
+            held = (f"  holdout: quality {num(q['mean'])} [{num(q['ci_low'])}, {num(q['ci_high'])}], "
+                    f"{_cost(e['cost_per_1k_usd'])}, escalation {num(e['escalation_rate'], '.0%')}, n={e['n']}")
             lines.append((held, None))
         lines.append((f"  {'OK' if e['meets_target_on_holdout'] else 'WARNING'}: {e['message']}",
                       None if e["meets_target_on_holdout"] else "red"))
@@ -72,8 +68,8 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
             lines.append((f"  vs always-largest: {b['savings_vs_always_largest']['message']}", None))
         r = t.get("routellm")
         if r and r.get("apgr") is not None:
-            route = (f"  RouteLLM: APGR {r['apgr']:.3f} (random 0.5), CPT(50%) {_f(r['cpt_50'], '{:.0%}')}, "
-                     f"CPT(80%) {_f(r['cpt_80'], '{:.0%}')}")
+            route = (f"  RouteLLM: APGR {r['apgr']:.3f} (random 0.5), CPT(50%) {num(r['cpt_50'], '.0%')}, "
+                     f"CPT(80%) {num(r['cpt_80'], '.0%')}")
             lines.append((route, None))
         if t["constraints"]["shaped_by"]:
             lines.append((f"  constraints that shaped it: {', '.join(t['constraints']['shaped_by'])}", None))

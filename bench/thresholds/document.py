@@ -9,8 +9,9 @@ from typing import Any
 
 from bench import __version__
 from bench.errors import UserInputError
+from bench.fmt import write_text_atomic
 from bench.redact import redact
-from bench.results.store import utcnow, write_text_atomic
+from bench.results.store import utcnow
 from bench.thresholds import ROUTING_SCHEMA_VERSION, validate_routing
 from bench.thresholds.calibrate import ON_PREMISES, Calibrated, calibrate
 from bench.thresholds.contest import contest, describe_policy
