@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any, cast
 
 from rich.console import Console
 from rich.progress import (
@@ -37,7 +37,7 @@ class LogConsole(Console):
         super().print(*objects, soft_wrap=soft_wrap, **kwargs)
 
 
-console = LogConsole(file=RedactingStream(), stderr=True)   # progress and logs, credentials redacted
+console = LogConsole(file=cast(IO[str], RedactingStream()), stderr=True)   # progress and logs, credentials redacted
 out = Console()                  # tables and results
 if not out.is_terminal:          # a log or a pipe: don't squeeze the table into 80 columns
     out = Console(width=200)

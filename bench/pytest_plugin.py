@@ -126,13 +126,13 @@ class BenchSuites:
         return items
 
     def _test_function(self, suite_name: str, cell: dict[str, Any], with_benchmark: bool) -> Any:
-        if with_benchmark:
-            def test_cell(benchmark: Any) -> None:
-                self.check_cell(suite_name, cell, benchmark)
-        else:
-            def test_cell() -> None:
-                self.check_cell(suite_name, cell, None)
-        return test_cell
+        def test_cell_timed(benchmark: Any) -> None:
+            self.check_cell(suite_name, cell, benchmark)
+
+        def test_cell() -> None:
+            self.check_cell(suite_name, cell, None)
+
+        return test_cell_timed if with_benchmark else test_cell
 
     # ------------------------------------------------------------ running and judging
 

@@ -12,8 +12,8 @@ import numpy as np
 from bench import SCHEMA_VERSION
 from bench.compare.speed import DEFAULT_FACTOR, compare_speed
 from bench.errors import UserInputError
-from bench.results.load import load_runs
 from bench.fmt import finite, num
+from bench.results.load import load_runs
 from bench.results.schema import cell_label
 from bench.routing_file import RoutingDoc
 from bench.stats import Z95, diff_interval, is_binary, mcnemar_exact, mean_ci

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from bench.compare.core import INCONCLUSIVE, REGRESSION, WORSE_SPEED
@@ -47,7 +48,7 @@ def _quality(side: dict[str, Any], q: dict[str, Any], metric: str, errors: int) 
 
 def quality_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     """One row per compared pair (one per task unless a task paired several cells)."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for t in result["tasks"]:
         for p in t["pairs"]:
             q = p["quality"]
@@ -76,7 +77,7 @@ def _speed_cell(m: dict[str, Any] | None, digits: int) -> str:
 
 
 def speed_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for t in result["tasks"]:
         for p in t["pairs"]:
             s = p["speed"]
@@ -93,7 +94,7 @@ def pair_lines(result: dict[str, Any]) -> list[str]:
             for t in result["tasks"] for p in t["pairs"]]
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], drop: set[int] = frozenset()) -> list[str]:
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], drop: AbstractSet[int] = frozenset()) -> list[str]:
     keep = [i for i in range(len(header)) if i not in drop]
     lines = ["| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
     lines += ["| " + " | ".join(escape_md_cell(r[i]) for i in keep) + " |" for r in rows]

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ModelError, UserInputError, did_you_mean
-from bench.models.cache import derived_path, provenance_path, verify
 from bench.fmt import write_text_atomic
+from bench.models.cache import derived_path, provenance_path, verify
 from bench.models.catalog import CatalogEntry, get_entry
 from bench.models.fetch import pull
 from bench.models.gguf_header import read_gguf_header

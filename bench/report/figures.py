@@ -85,8 +85,9 @@ def quality_cost(cells: list[dict[str, Any]], task: dict[str, Any], policy: dict
         if missing:
             title += f" ({missing} cell(s) without a cost not shown)"
         fig.update_xaxes(title_text="$ per 1k requests")
-        if policy and num_pair(policy):
-            q, cost = num_pair(policy)
+        point = num_pair(policy) if policy else None
+        if point:
+            q, cost = point
             fig.add_trace(go.Scatter(x=[cost], y=[q], mode="markers", name="routing policy (expected, holdout)",
                                      marker={"symbol": "star", "size": 18, "color": "#E45756",
                                              "line": {"width": 1, "color": "#000"}},
@@ -240,7 +241,7 @@ def families(entry: dict[str, Any] | None, title: str) -> go.Figure | None:
     fig = go.Figure()
     drawn = False
     for i, kind in enumerate(FAMILY_KINDS):
-        block = fams.get(kind) if isinstance(fams.get(kind), dict) else {}
+        block: dict[str, Any] = fams[kind] if isinstance(fams.get(kind), dict) else {}
         pts = [p for p in block.get("points") or [] if isinstance(p, dict) and p.get(key) is not None
                and p.get("quality") is not None]
         if not pts:
@@ -251,7 +252,7 @@ def families(entry: dict[str, Any] | None, title: str) -> go.Figure | None:
                                  name=f"{kind} ({block.get('admissible', len(pts))} admitted)",
                                  marker={"color": color, "size": 7, "opacity": 0.6},
                                  hovertext=[esc(p.get("text", "")) for p in pts], hoverinfo="text+x+y"))
-        best = ((block.get("best") or {}).get("holdout") or {})
+        best: dict[str, Any] = ((block.get("best") or {}).get("holdout") or {})
         bq, bc = (best.get("quality") or {}).get("mean"), best.get(key)
         if bq is not None and bc is not None:
             chosen = fams.get("winner") == kind

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         from bench.thresholds.telemetry import drift
 
         for name, verdict in drift(doc, log).items():
-            doc["tasks"][name]["telemetry"] = verdict | {"log": Path(telemetry).name}
+            doc["tasks"][name]["telemetry"] = verdict | {"log": Path(str(telemetry)).name}
     path = write(doc, args.output)
     written = [str(path)]
     if getattr(args, "format", "bench") == "litellm":
