@@ -76,6 +76,7 @@ def plan_cells(suite: Suite, models: list[str] | None, hardware_id: str, localit
         elif isinstance(backend, OpenAIBackendConfig) and backend.name in endpoints:
             cell = {"model": backend.name, "quantization": None, "backend": "openai",
                     "hardware": backend.hardware or "remote", "gen": gen}
-            plans.append(CellPlan(cell=cell, backend=backend, model_ref=None, locality=backend.locality,
+            where = backend.locality if backend_traits(backend.kind).locality_from == "config" else locality
+            plans.append(CellPlan(cell=cell, backend=backend, model_ref=None, locality=where,
                                   chat=backend.chat))
     return plans

@@ -69,6 +69,11 @@ class BackendTraits:
     timed_here: bool         # its timings depend on this machine's CPU being left alone
     description: str = ""
     gpu: str = "never"       # "always" (needs a GPU), "offload" (when its config sets n_gpu_layers) or "never"
+    priced_by: str = "hour"  # "hour": the machine's hourly price (its hardware profile) shared by the requests;
+                             # "token": the price table's per-token prices (else the profile its config names)
+    measures_memory: bool = True  # the process memory a cell reports is the model's (an HTTP client's is not)
+    locality_from: str = "machine"  # a cell's locality: "machine" (the hardware it runs on, local or on-prem)
+                                    # or "config" (the backend config's `locality`: local, on-prem or cloud)
 
     def needs_gpu(self, config: dict[str, Any]) -> bool:
         """Whether a cell with this backend config needs a GPU (a cluster asks the node for one)."""
@@ -85,7 +90,8 @@ BACKENDS.register("llamacpp", "bench.backends.llamacpp:LlamaCppBackend",
 BACKENDS.register("fake", "bench.backends.fake:FakeBackend",
                   BackendTraits(True, False, False, "deterministic stand-in for tests; no model file"))
 BACKENDS.register("openai", "bench.backends.openai_http:OpenAIBackend",
-                  BackendTraits(False, False, False, "an OpenAI-compatible HTTP endpoint, priced per token"))
+                  BackendTraits(False, False, False, "an OpenAI-compatible HTTP endpoint, priced per token",
+                                priced_by="token", measures_memory=False, locality_from="config"))
 BACKENDS.register("vllm", "bench.backends.vllm_backend:VLLMBackend",
                   BackendTraits(True, True, True, "vLLM in this process (NVIDIA GPU)", gpu="always"))
 

@@ -178,7 +178,7 @@ class Router:
         backend.load()
         hourly = rt.get("usd_per_hour")
         price = SimpleNamespace(cost_per_hour_usd=hourly)
-        local = traits.in_process
+        local = traits.priced_by == "hour"  # else token prices, or the hourly price of the profile its config names
         plan = CellPlan(cell=dict(tier.cell_detail or {"model": rt["model"], "backend": cfg.kind}),
                         backend=cfg, model_ref=None, locality=tier.locality)
         hw = getattr(cfg, "hardware", None)

@@ -24,6 +24,7 @@ from bench.prompts import chat_messages, completion_prompt
 from bench.records import make_row
 from bench.registry import backend_traits
 from bench.results.derive import write_summary
+from bench.results.load import latest_rows
 from bench.results.store import (
     RunDir,
     SampleWriter,
@@ -254,7 +255,8 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
         console.print(f"[bold]{suite.name}[/]: {len(samples)} samples x {len(plans)} cells -> {run.path}"
                       + (" (resuming)" if resumed else ""), soft_wrap=True)
         console.print(f"hardware: {note}")
-    done = {(r["cell_id"], r["sample_id"]) for r in run.samples() if not r.get("error")}
+    # resume by the one merge rule (bench/results/load.py): a sample is done when its latest row has no error
+    done = {(r["cell_id"], r["sample_id"]) for r in latest_rows(run.samples()) if not r.get("error")}
     outcome = RunOutcome(run=run, resumed=resumed, summary={})
     current = run.manifest()
     cells = current.get("cells", [])

@@ -153,6 +153,9 @@ def test_backends_describe_themselves_and_no_module_tests_their_names() -> None:
     for name in BACKENDS.names():
         assert isinstance(backend_traits(name), BackendTraits), name
     assert backend_traits("openai").in_process is False and backend_traits("fake").loads_model_file is False
+    http, local = backend_traits("openai"), backend_traits("llamacpp")
+    assert (http.priced_by, http.measures_memory, http.locality_from) == ("token", False, "config")
+    assert (local.priced_by, local.measures_memory, local.locality_from) == ("hour", True, "machine")
     pattern = re.compile(r"""kind["']?\)? *(==|!=) *["'](fake|llamacpp|vllm)["']|LOCAL_KINDS""")
     root = Path(bench.__file__).parent
     offenders = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if p.name != "registry.py"

@@ -23,7 +23,7 @@ def _measures_memory(kind: str | None) -> bool:
     """Whether a cell's process memory is its model's (an HTTP cell measures only its client)."""
     from bench.registry import BACKENDS, backend_traits
 
-    return kind is not None and kind in BACKENDS and backend_traits(kind).in_process
+    return kind is not None and kind in BACKENDS and backend_traits(kind).measures_memory
 
 def paired_interval(n: int, diff_of: Callable[[np.ndarray], np.ndarray], *, n_boot: int = N_BOOT,
                     seed: int = SEED) -> tuple[float, float] | None:

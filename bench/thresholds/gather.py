@@ -154,7 +154,7 @@ def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95:
         localities = sorted({str(r["locality"]) for r in rows.values() if r.get("locality")})
         locality = localities[0] if len(localities) == 1 else (
             "cloud" if "cloud" in localities else str((backend or {}).get("locality", "local")))
-        in_process = kind in BACKENDS and backend_traits(kind).in_process
+        in_process = kind in BACKENDS and backend_traits(kind).priced_by == "hour"
         hourly: float | None
         if in_process and cell.get("hardware") not in (None, manifest.hardware.profile):
             hourly = _profile_hourly(cell.get("hardware"))  # a cell placed on other hardware (a Ray node)
