@@ -223,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="follow a policy even where its holdout contradicted it (default: its fallback tier)")
     sv.set_defaults(func=_delegate("bench.serve.app"))
 
+    pj = sub.add_parser("project", help="project measured cells onto another hardware profile (roofline x the "
+                        "engine's measured efficiency); every figure flagged `projected`")
+    pj.add_argument("results", nargs="+")
+    pj.add_argument("--hardware", required=True, metavar="PROFILE", help="the profile to project onto")
+    pj.add_argument("--efficiency", type=float, metavar="SHARE",
+                    help="decode's share of the bandwidth ceiling there (default: the share each cell reached here)")
+    pj.add_argument("--prefill-efficiency", type=float, metavar="SHARE",
+                    help="prefill's share of peak FP16 FLOP/s there (default: the share measured, where known)")
+    pj.add_argument("--json", action="store_true")
+    pj.add_argument("-o", "--output", help="also write the projection as JSON here")
+    pj.set_defaults(func=_delegate("bench.project"))
+
     c = sub.add_parser("compare", help="compare a candidate run against a baseline; exit 1 on a regression")
     c.add_argument("baseline")
     c.add_argument("candidate")

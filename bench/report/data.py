@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from bench.errors import UserInputError
-from bench.results.load import SuiteRuns, latest_rows, load_run, load_runs
+from bench.results.derive import suite_summary
+from bench.results.load import SuiteRuns, latest_rows, load_runs
 from bench.results.schema import cell_label
 from bench.results.store import iter_samples
 from bench.routing_file import RoutingDoc
@@ -115,17 +116,6 @@ def _summaries(suite: SuiteRuns) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _merged_summary(suite: SuiteRuns) -> dict[str, dict[str, Any]]:
-    """cell_id -> summary cell derived from the merged rows of every run of the suite (read again in full: the
-    lean rows lack the timings), for cells whose latest rows come from more than one run."""
-    from bench.results.derive import derive_summary
-
-    runs = [load_run(r.dir) for r in suite.runs]
-    rows = latest_rows(r for run in runs for r in run.rows)
-    summary = derive_summary(suite.latest.dir, rows=rows)
-    return {str(c.get("cell_id")): c for c in summary.get("cells") or [] if isinstance(c, dict)}
-
-
 def _load_suite(suite: SuiteRuns, data: ReportData, datasets: dict[str, dict[str, Any]],
                 outputs: dict[str, dict[str, tuple]]) -> None:
     summaries = _summaries(suite)
@@ -156,7 +146,7 @@ def _load_suite(suite: SuiteRuns, data: ReportData, datasets: dict[str, dict[str
                   and c.get("n") == len(cell.rows)), None)
         last = runs[0] if c is not None else cell.run
         if c is None:  # rows of several runs, or a stale summary (a resume killed before it rewrote summary.json)
-            merged = _merged_summary(suite) if merged is None else merged
+            merged = suite_summary(suite) if merged is None else merged
             c = merged.get(cid)
         if c is None or last is None or id(last) not in summaries:
             continue

@@ -127,3 +127,14 @@ def _quantization_costs(summary: dict[str, Any], rows: list[dict[str, Any]]) -> 
             cell["quality_vs_best_quant"] = {"best_quantization": best["cell"]["quantization"],
                                              "delta": diff["delta"], "ci_low": diff["ci_low"],
                                              "ci_high": diff["ci_high"], "n": diff["n"]}
+
+
+def suite_summary(suite: Any) -> dict[str, dict[str, Any]]:
+    """cell_id -> summary cell derived from the merged rows of every run of a suite (`load_runs`' SuiteRuns),
+    read again in full (lean rows lack the timings); the roofline figures come from the latest run's manifest."""
+    from bench.results.load import latest_rows, load_run
+
+    runs = [load_run(r.dir) for r in suite.runs]
+    rows = latest_rows(r for run in runs for r in run.rows)
+    summary = derive_summary(suite.latest.dir, rows=rows)
+    return {str(c.get("cell_id")): c for c in summary.get("cells") or [] if isinstance(c, dict)}
