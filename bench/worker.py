@@ -19,7 +19,8 @@ def _set_parallel(backend: Any, parallel: int) -> dict[str, Any] | None:
         backend.parallel = parallel
         return None
     return {"requested": parallel, "used": 1,
-            "note": f"the {backend.kind} backend does not batch in-process decoding; parallel treated as 1"}
+            "note": f"the {backend.kind} backend has no batched decoding (an HTTP backend keeps its own `concurrency`); "
+                    "parallel treated as 1"}
 
 
 def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list[Request], parallel: int = 1) -> None:

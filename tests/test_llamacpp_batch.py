@@ -3,6 +3,7 @@ the real default model's answers one at a time vs four at once."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -234,6 +235,14 @@ def test_a_backend_that_cannot_batch_runs_one_at_a_time(tmp_path: Path, fake_sui
     assert all(c.get("load") is None for c in outcome.summary["cells"])
 
 
+def test_the_run_flag_reaches_the_manifest(tmp_path: Path, fake_suite: Path, capsys) -> None:
+    code = main(["run", str(fake_suite), "--parallel", "3", "--isolation", "inline", "--no-probe", "--json",
+                 "--results", str(tmp_path)])
+    assert code == 0
+    manifest = json.loads(next(tmp_path.rglob("manifest.json")).read_text())
+    assert manifest["suite"]["config"]["generation"]["parallel"] == 3
+
+
 # ---------------------------------------------------------------- summary
 
 
@@ -287,7 +296,7 @@ def test_extract_answers_one_at_a_time_and_four_at_once(tmp_path: Path) -> None:
         if sid not in changed:
             assert (r["finish_reason"], r["completion_tokens"]) == (a[sid]["finish_reason"],
                                                                     a[sid]["completion_tokens"])
-    assert b == {} or any(r["cached_tokens"] > 0 for r in b.values())  # a slot reuses its previous prompt's prefix
+    assert any(r["cached_tokens"] > 0 for r in b.values())  # a slot reuses its previous prompt's prefix
     load = four.summary["cells"][0]["load"]
     assert load["concurrency"] == 4 and load["requests_per_s"] > 0 and load["output_tps"] > 0
     assert one.summary["cells"][0]["load"] is None
