@@ -29,6 +29,15 @@ def _positive(value: str) -> int:
     return n
 
 
+def _parallel(value: str) -> int:
+    from bench.config.suite import MAX_PARALLEL
+
+    n = _positive(value)
+    if n > MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_PARALLEL}, got {value!r}")
+    return n
+
+
 def _emit_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
 
@@ -45,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         hardware=args.hardware,
                         results_dir=Path(args.results), fresh=args.fresh, isolation=args.isolation,
                         quiet=args.json, ray=args.ray, require_quiet=args.require_quiet,
-                        probe=not args.no_probe)
+                        probe=not args.no_probe, parallel=args.parallel)
     summary = outcome.summary
     if args.json:
         _emit_json({"run_dir": str(outcome.run.path), "resumed": outcome.resumed,
@@ -140,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quantizations", type=_csv, metavar="Q[,Q...]",
                    help="run catalog models at these quantizations (derived when missing), e.g. Q8_0,Q4_K_M,Q2_K")
     r.add_argument("--limit", type=_positive, help="use at most N samples")
+    r.add_argument("--parallel", type=_parallel, metavar="N",
+                   help="decode up to N requests at once (llama.cpp: N sequences in one context, continuous batching; "
+                        "default: the suite's generation.parallel, 1). Per-request latency is then measured under load")
     r.add_argument("--hardware", help="hardware profile id (default: the profile matching this machine)")
     r.add_argument("--results", default="results", help="results directory (default: results)")
     r.add_argument("--fresh", action="store_true", help="start a new run instead of resuming")

@@ -156,7 +156,8 @@ class CostModel:
     def cost(self, gen: dict[str, Any]) -> float | None:
         if self.hourly is not None:
             wall = gen.get("extra", {}).get("wall_s") or gen.get("t_end") or 0.0
-            return hourly_cost_usd(self.hourly, wall, self.concurrency)
+            # a request decoded beside others (llama.cpp --parallel) holds the machine for its share of the time
+            return hourly_cost_usd(self.hourly, wall, gen.get("concurrency") or self.concurrency)
         if self.inline:
             i, o = self.inline
             return ((gen.get("prompt_tokens") or 0) * i + (gen.get("completion_tokens") or 0) * o) / 1e6

@@ -58,7 +58,7 @@ def make_row(suite: Suite, plan: CellPlan, sample: Sample, gen: dict[str, Any], 
         "energy_j": gen.get("energy_j"), "model_bytes": load.get("model_bytes"),
         "params_m": load.get("params_m"),
         "locality": plan.locality, "metric": metric, "retries": gen.get("retries", 0),
-        "finish_reason": gen.get("finish_reason"), "concurrency": cost_model.concurrency,
+        "finish_reason": gen.get("finish_reason"), "concurrency": gen.get("concurrency") or cost_model.concurrency,
         "token_logprobs": gen.get("token_logprobs"),
         # the harness's own time in this request (sampling, detokenizing, stop checks), outside the token times
         "harness_s": (gen.get("extra") or {}).get("harness_s"),

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench import __version__
 from bench.backends.base import Request
-from bench.config.suite import Suite, suite_line
+from bench.config.suite import MAX_PARALLEL, Suite, suite_line
 from bench.cost import CostModel
 from bench.data import Sample, load_samples
 from bench.errors import BenchError, UserInputError, did_you_mean
@@ -76,12 +76,12 @@ def environment() -> dict[str, Any]:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions}
 
 
-def _spawn_cell(plan: CellPlan, requests: list[Request], on_event: Any, isolation: str) -> None:
+def _spawn_cell(plan: CellPlan, requests: list[Request], on_event: Any, isolation: str, parallel: int = 1) -> None:
     """Run one cell, in a child process (default) or inline; events stream back as they happen.
 
     The child is a fresh interpreter (`python -m bench.worker`): its peak memory is its own, and a crash,
     a segfault or the OOM killer ends only that cell."""
-    args = (plan.backend.model_dump(), plan.model, requests)
+    args = (plan.backend.model_dump(), plan.model, requests, parallel)
     if isolation == "inline":
         run_cell(on_event, *args)
         return
@@ -191,9 +191,17 @@ def run_suite(suite: Suite, *, models: list[str] | None = None, quantizations: l
               limit: int | None = None,
               hardware: str | None = None, results_dir: Path = Path("results"), fresh: bool = False,
               isolation: str = "process", quiet: bool = False, ray: str | None = None,
-              require_quiet: bool = False, probe: bool = False) -> RunOutcome:
-    """Run every cell of the suite's matrix on every sample not already stored; write the summary."""
+              require_quiet: bool = False, probe: bool = False, parallel: int | None = None) -> RunOutcome:
+    """Run every cell of the suite's matrix on every sample not already stored; write the summary.
+
+    `parallel` (--parallel) overrides the suite's generation.parallel: requests decoded at once."""
     from bench.models.resolve import resolve_model
+
+    if parallel is not None:
+        if not 1 <= parallel <= MAX_PARALLEL:
+            raise UserInputError(f"--parallel {parallel}: expected a whole number from 1 to {MAX_PARALLEL}",
+                                 field="--parallel")
+        suite.generation = suite.generation.model_copy(update={"parallel": parallel})
 
     samples = load_samples(suite, limit)  # bad data fails here, before any model loads
     info, profile, note, profiles = _hardware(hardware)
@@ -421,7 +429,7 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
             run_cell_on_cluster(cluster, plan.cell["hardware"], plan.backend.model_dump(), spec, requests, on_event,
                                 state["written"])
         else:
-            _spawn_cell(plan, requests, on_event, isolation)
+            _spawn_cell(plan, requests, on_event, isolation, suite.generation.parallel)
     if len(state["written"]) < len(todo):
         write_error("cell ended without an answer for this sample")
     log.finish(len(state["written"]), state["tokens"] / state["decode_s"] if state["decode_s"] else None,

@@ -11,8 +11,22 @@ from bench.backends.base import Generation, Request, create_backend
 Send = Callable[[tuple], None]
 
 
-def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list[Request]) -> None:
-    """Events: ("load", info), ("sample", generation dict) per request, then ("done", info) or ("fatal", why)."""
+def _set_parallel(backend: Any, parallel: int) -> dict[str, Any] | None:
+    """Ask the backend to decode `parallel` requests at once; one that cannot batch runs them one at a time."""
+    if parallel <= 1:
+        return None
+    if hasattr(backend, "parallel"):
+        backend.parallel = parallel
+        return None
+    return {"requested": parallel, "used": 1,
+            "note": f"the {backend.kind} backend has no batched decoding (an HTTP backend keeps its own `concurrency`); "
+                    "parallel treated as 1"}
+
+
+def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list[Request], parallel: int = 1) -> None:
+    """Events: ("load", info), ("sample", generation dict) per request, then ("done", info) or ("fatal", why).
+
+    `parallel`: requests decoded at once where the backend can batch (generation.parallel, --parallel)."""
     from pydantic import TypeAdapter
 
     from bench.config.suite import BackendConfig
@@ -24,7 +38,10 @@ def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list
     t0 = time.perf_counter()
     try:
         backend = create_backend(cfg, model)
+        unbatched = _set_parallel(backend, parallel)
         info = backend.load()
+        if unbatched:
+            info.details["parallel"] = unbatched
     except Exception as exc:  # a corrupt file, too little memory, a missing engine: the cell errors
         sampler.stop()
         send(("fatal", f"model failed to load: {exc}"))

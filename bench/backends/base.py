@@ -41,6 +41,7 @@ class Generation:
     finish_reason: str | None = None
     error: str | None = None
     retries: int = 0
+    concurrency: int | None = None  # requests in flight together (llama.cpp --parallel); None: the backend's own
     rss_peak_mb: float | None = None
     gpu_peak_mb: float | None = None
     energy_j: float | None = None

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from bench.backends.base import Generation, LoadInfo, OnResult, Request
+from bench.backends.llamacpp_batch import common_prefix, request_rng, sample_token
+from bench.config.suite import MAX_PARALLEL
 from bench.errors import ModelError
 
 
@@ -48,19 +49,38 @@ def _model_params(use_extra_bufts: bool) -> Iterator[None]:
         lib.llama_model_default_params = original
 
 
-def common_prefix(a: np.ndarray, b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n], dtype=a.dtype))[0]
-    return int(diff[0]) if diff.size else n
+@contextlib.contextmanager
+def _context_params(n_seq: int) -> Iterator[None]:
+    """Llama() offers no n_seq_max: set it on the default context params. Each sequence gets its own KV stream of
+    n_ctx / n_seq cells (kv_unified off), so one sequence's attention never reads the others' cells."""
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_context_default_params
+    if n_seq <= 1:
+        yield
+        return
+
+    def patched() -> Any:
+        params = original()
+        params.n_seq_max = n_seq
+        params.kv_unified = False
+        return params
+
+    lib.llama_context_default_params = patched
+    try:
+        yield
+    finally:
+        lib.llama_context_default_params = original
 
 
 class LlamaCppBackend:
     """Runs a GGUF model in this process. Chat models go through their own chat template; base models
     get plain completion. Prompt tokens shared with the previous request are served from the KV cache
     and reported as `cached_tokens`. Sampling is done here from the logits, so every token's time and
-    log-probability is ours to record."""
+    log-probability is ours to record.
+
+    With `parallel` N > 1 the context holds N sequences of n_ctx each and up to N requests decode at once
+    (bench.backends.llamacpp_batch); N = 1 keeps the one-at-a-time loop of `_one`."""
 
     kind = "llamacpp"
     locality = "local"
@@ -74,6 +94,7 @@ class LlamaCppBackend:
         self.llm: Any = None
         self.formatter: Any = None
         self.n_threads = config.n_threads or physical_cores()
+        self.parallel = 1  # requests decoded at once; set before load (bench.worker)
 
     # ------------------------------------------------------------------ load
     def load(self) -> LoadInfo:
@@ -85,11 +106,14 @@ class LlamaCppBackend:
         extra = self.config.extra_buffers
         if extra is None:
             extra = not cpu_advertises_amx()
+        n_seq = max(1, min(int(self.parallel), MAX_PARALLEL))
+        self.parallel = n_seq
         t0 = time.perf_counter()
         try:
-            with _model_params(extra):
+            with _model_params(extra), _context_params(n_seq):
                 self.llm = llama_cpp.Llama(
-                    model_path=str(self.model.path), n_ctx=self.config.n_ctx, n_batch=self.config.n_batch,
+                    model_path=str(self.model.path), n_ctx=self.config.n_ctx * n_seq,
+                    n_batch=max(self.config.n_batch, n_seq),
                     n_threads=self.n_threads, n_threads_batch=self.n_threads,
                     n_gpu_layers=self.config.n_gpu_layers, logits_all=False, verbose=False)
         except Exception as exc:  # llama.cpp reports a bad file or too little memory as a ValueError
@@ -110,10 +134,16 @@ class LlamaCppBackend:
                 stop_token_ids=[eos])
         if self.config.warmup:
             self._warmup()
+        details = {"n_ctx": self.config.n_ctx, "n_batch": self.config.n_batch, "extra_buffers": extra,
+                   "chat_template": chat, "n_vocab": self._n_vocab, "parallel": n_seq}
+        if n_seq > 1:
+            ctx = self.llm._ctx.ctx
+            details["batching"] = {"n_seq_max": llama_cpp.llama_n_seq_max(ctx),
+                                   "n_ctx_per_seq": llama_cpp.llama_n_ctx_seq(ctx),
+                                   "mode": "continuous; a prompt prefills in its own decode call, then one token per "
+                                           "active sequence per step"}
         return LoadInfo(load_s=load_s, model_bytes=self.model.size_bytes, n_threads=self.n_threads, chat=chat,
-                        details={"n_ctx": self.config.n_ctx, "n_batch": self.config.n_batch,
-                                 "extra_buffers": extra,
-                                 "chat_template": chat, "n_vocab": self._n_vocab})
+                        details=details)
 
     def _warmup(self) -> None:
         """One short prefill and a few decode steps, outside the numbers, then a clean cache."""
@@ -128,18 +158,6 @@ class LlamaCppBackend:
     def _logits(self) -> np.ndarray:
         ptr = self._lc.llama_get_logits_ith(self.llm._ctx.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
-
-    def _sample(self, logits: np.ndarray, temperature: float, rng: Any) -> tuple[int, float]:
-        """The next token (greedy at temperature 0) and its log-probability under the model."""
-        z = logits.astype(np.float64)
-        z -= z.max()
-        logp = z - np.log(np.exp(z).sum())
-        if temperature > 0:
-            p = np.exp(logp / temperature)
-            tok = int(rng.choice(self._n_vocab, p=p / p.sum()))
-        else:
-            tok = int(np.argmax(logp))
-        return tok, float(logp[tok])
 
     def _prompt_tokens(self, req: Request) -> tuple[list[int], list[str]]:
         if self.formatter is not None:
@@ -162,7 +180,7 @@ class LlamaCppBackend:
         prefix = min(common_prefix(llm.input_ids[: llm.n_tokens], tokens), len(tokens) - 1)
         gen.cached_tokens = prefix
         llm.n_tokens = prefix
-        rng = np.random.default_rng([req.seed, zlib.crc32(req.id.encode())])
+        rng = request_rng(req)
         lc.llama_perf_context_reset(llm._ctx.ctx)
         t0 = time.perf_counter()
         llm.eval(tokens[prefix:])
@@ -176,7 +194,7 @@ class LlamaCppBackend:
         harness = 0.0
         while True:
             h0 = time.perf_counter()
-            tok, logp = self._sample(logits, req.temperature, rng)
+            tok, logp = sample_token(logits, req.temperature, rng)
             if gen.t_first_token is None:
                 gen.t_first_token = now
             if lc.llama_vocab_is_eog(self._vocab, tok):
@@ -212,6 +230,8 @@ class LlamaCppBackend:
         return gen
 
     def generate(self, requests: list[Request], on_result: OnResult | None = None) -> list[Generation]:
+        if self.parallel > 1:
+            return self._generate_batched(requests, on_result)
         results = []
         for req in requests:
             try:
@@ -223,6 +243,20 @@ class LlamaCppBackend:
                 on_result(gen)
             results.append(gen)
         return results
+
+    def _generate_batched(self, requests: list[Request], on_result: OnResult | None) -> list[Generation]:
+        """Up to `parallel` requests at once in this context's sequences (bench.backends.llamacpp_batch)."""
+        from bench.backends.llamacpp_batch import BatchScheduler, LlamaSeqEngine
+
+        self.llm.reset()
+        self._lc.llama_memory_clear(self._lc.llama_get_memory(self.llm._ctx.ctx), True)
+        engine = LlamaSeqEngine(self._lc, self.llm._ctx.ctx, self._vocab, self._n_vocab, self.parallel,
+                                max(self.config.n_batch, self.parallel), self.llm.detokenize)
+        try:
+            return BatchScheduler(engine, self._prompt_tokens, self.config.n_ctx, self.config.n_batch).run(
+                requests, on_result)
+        finally:
+            engine.close()
 
     def close(self) -> None:
         if self.llm is not None:

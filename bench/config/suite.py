@@ -214,14 +214,21 @@ TaskConfig = Annotated[
 
 # ---------------------------------------------------------------- generation
 
+MAX_PARALLEL = 64  # requests decoded at once: llama.cpp's sequences per context stay well below its own cap
+
+
 class GenerationConfig(Strict):
     max_tokens: int = Field(128, gt=0, le=8192)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     seed: int = 0
     stop: list[str] = []
+    parallel: int = Field(1, ge=1, le=MAX_PARALLEL, description="requests decoded at once (llama.cpp: sequences in one "
+                          "context, continuous batching); a backend that cannot batch runs one at a time and says so")
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:8]
+        """The settings that change answers. `parallel` is left out: greedy answers do not depend on it, each row
+        records the concurrency it ran at, and a rerun at another --parallel resumes the same cell."""
+        return hashlib.sha256(json.dumps(self.model_dump(exclude={"parallel"}), sort_keys=True).encode()).hexdigest()[:8]
 
 
 # ---------------------------------------------------------------- backends (discriminated on 'kind')

@@ -95,6 +95,7 @@ def summarize_cell(rows: list[dict[str, Any]], extra: dict[str, Any] | None = No
         "decode_ceiling_tps": None,
         "harness_s_per_token": _harness_per_token(ok),
         **_contention(ok),
+        "load": _load(ok),
         "latency_raw_s": [d["latency_s"] for d in derived],
         "ttft_raw_s": [d["ttft_s"] for d in derived],
     }
@@ -108,6 +109,40 @@ def _harness_per_token(rows: list[dict[str, Any]]) -> float | None:
     spent = [r["harness_s"] for r in rows if isinstance(r.get("harness_s"), (int, float))]
     tokens = sum(r.get("completion_tokens") or 0 for r in rows if isinstance(r.get("harness_s"), (int, float)))
     return sum(spent) / tokens if spent and tokens else None
+
+
+def _load(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A batched pass (rows run with concurrency > 1): its aggregate throughput over the pass's wall time (the union
+    of the rows' spans from their absolute timestamps, so a pause between two resumed passes is not counted), at the highest concurrency the cell's rows ran at. Per-request latency, TTFT and token
+    times of those rows were measured with that many requests in flight: under load, not on an idle engine.
+    None when every row ran one at a time."""
+    level = max((int(r.get("concurrency") or 1) for r in rows), default=1)
+    if level <= 1:
+        return None
+    spans = []
+    tokens = 0
+    for r in rows:
+        t = r.get("timings") or {}
+        if int(r.get("concurrency") or 1) == level and isinstance(t.get("t_start"), (int, float)) \
+                and isinstance(t.get("t_end"), (int, float)):
+            spans.append((float(t["t_start"]), float(t["t_start"]) + float(t["t_end"])))
+            tokens += r.get("completion_tokens") or 0
+    wall = _busy_s(spans)
+    return {"concurrency": level, "n": len(spans), "wall_s": wall if spans else None,
+            "requests_per_s": len(spans) / wall if wall > 0 else None,
+            "output_tps": tokens / wall if wall > 0 else None,
+            "per_request": f"latency, TTFT and token times measured under load: {level} requests in flight",
+            "mixed_concurrency": any(int(r.get("concurrency") or 1) != level for r in rows)}
+
+
+def _busy_s(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of (start, end) spans."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def _contention(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,297 @@
+"""Continuous batching for the llama.cpp backend: a scheduler decoding up to N requests at once, and its engine.
+
+`BatchScheduler` is pure Python: it drives any `SeqEngine` (one context holding `n_seq` sequences), so a fake
+engine can test it. `LlamaSeqEngine` is the adapter to llama-cpp-python's low-level batch API.
+
+How a pass runs:
+- Each of the N slots is one llama.cpp sequence id. A request is admitted to a free slot as soon as one is free
+  (continuous batching): the batch stays full while requests are waiting.
+- Admission prefills the request's prompt in its own `llama_decode` call(s) (chunks of `n_batch` tokens, one
+  sequence), not mixed into a decode step: CPU prefill gains nothing from batching, and the prefill time stays the
+  request's own. The other sequences wait meanwhile, which their token times show (they are measured under load).
+- Every decode step is one `llama_batch` holding the next token of each active sequence, at that sequence's own
+  position; each sequence's logits are read by its index in the batch.
+- A slot keeps its last request's cells until the next request is admitted to it; then the cells past the prompt
+  prefix the two share are removed (`llama_memory_seq_rm`), as the one-at-a-time path reuses its previous
+  prompt. All cells are cleared when the pass ends.
+- Stops, log-probabilities, finish reason, token times and the harness's own time are kept per sequence. Token times
+  are taken when `llama_decode` returns, before log-softmax, sampling and detokenizing.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from bench.backends.base import Generation, OnResult, Request
+
+Item = tuple[int, int, int, bool]  # (sequence id, token, position, whether its logits are wanted)
+Prepare = Callable[[Request], tuple[list[int], list[str]]]  # a request's prompt tokens and its template's stops
+
+
+def common_prefix(a: np.ndarray, b: list[int]) -> int:
+    """How many leading tokens two token lists share."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n], dtype=a.dtype))[0]
+    return int(diff[0]) if diff.size else n
+
+
+def sample_token(logits: np.ndarray, temperature: float, rng: Any) -> tuple[int, float]:
+    """The next token (greedy at temperature 0) and its log-probability under the model."""
+    z = logits.astype(np.float64)
+    z -= z.max()
+    logp = z - np.log(np.exp(z).sum())
+    if temperature > 0:
+        p = np.exp(logp / temperature)
+        tok = int(rng.choice(len(logits), p=p / p.sum()))
+    else:
+        tok = int(np.argmax(logp))
+    return tok, float(logp[tok])
+
+
+def request_rng(req: Request) -> np.random.Generator:
+    """The request's own random stream: the same draws whichever slot or batch it runs in."""
+    return np.random.default_rng([req.seed, zlib.crc32(req.id.encode())])
+
+
+class SeqEngine(Protocol):
+    """One model context holding `n_seq` independent sequences."""
+
+    n_seq: int
+
+    def clear(self, seq: int, keep: int) -> bool:
+        """Remove the sequence's cells at positions >= keep; False where the engine cannot cut a sequence there."""
+        ...
+
+    def decode(self, items: Sequence[Item]) -> None:
+        """Evaluate one batch; raises on failure."""
+        ...
+
+    def logits(self, index: int) -> np.ndarray:
+        """Logits of the batch's `index`-th item in the last decode (valid until the next decode)."""
+        ...
+
+    def is_eog(self, token: int) -> bool: ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+
+@dataclass
+class _Seq:
+    """One request in flight in one slot."""
+
+    slot: int
+    req: Request
+    gen: Generation
+    stops: list[str]
+    t0: float
+    rng: Any
+    pos: int
+    out: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    finish: str = "length"
+    harness: float = 0.0
+    pending: int = -1  # the sampled token to feed in the next step
+    prefill_index: int = -1  # the prompt's last token's index in the last prefill batch
+
+
+class BatchScheduler:
+    """Decodes a list of requests with up to `engine.n_seq` of them in flight, refilling a slot as soon as its
+    request finishes. `n_ctx` bounds each sequence (prompt + max_tokens); `n_batch` bounds a prefill chunk."""
+
+    def __init__(self, engine: SeqEngine, prepare: Prepare, n_ctx: int, n_batch: int):
+        self.engine = engine
+        self.prepare = prepare
+        self.n_ctx = n_ctx
+        self.n_batch = max(1, n_batch)
+        self.cached: list[list[int]] = [[] for _ in range(engine.n_seq)]  # tokens in each slot's cells
+        self.step_sizes: list[int] = []  # sequences per decode step (tests read it)
+
+    # ------------------------------------------------------------------ the pass
+    def run(self, requests: list[Request], on_result: OnResult | None = None) -> list[Generation]:
+        queue = deque(requests)
+        free = deque(range(self.engine.n_seq))
+        active: dict[int, _Seq] = {}
+        results: list[Generation] = []
+
+        def done(s: _Seq | Generation, slot: int) -> None:
+            gen = self._finish(s) if isinstance(s, _Seq) else s
+            active.pop(slot, None)
+            free.append(slot)
+            if on_result:
+                on_result(gen)
+            results.append(gen)
+
+        try:
+            while queue or active:
+                while queue and free:
+                    slot = free.popleft()
+                    admitted = self._admit(slot, queue.popleft())
+                    if isinstance(admitted, Generation) or self._advance(
+                            admitted, self.engine.logits(admitted.prefill_index), admitted.gen.t_prefill_end or 0.0):
+                        done(admitted, slot)
+                    else:
+                        active[slot] = admitted
+                if active:
+                    self._step(active, done)
+        finally:
+            for slot in range(self.engine.n_seq):
+                self._drop(slot)
+        return results
+
+    def _step(self, active: dict[int, _Seq], done: Callable[[_Seq | Generation, int], None]) -> None:
+        """One decode step: each active sequence's next token in one batch."""
+        seqs = list(active.values())
+        items = [(s.slot, s.pending, s.pos, True) for s in seqs]
+        self.step_sizes.append(len(items))
+        try:
+            self.engine.decode(items)
+        except Exception as exc:  # the step failed for all of them: each is recorded as failed, the pass goes on
+            for s in seqs:
+                s.gen.error = f"{type(exc).__name__}: {exc}"
+                self._drop(s.slot)
+                done(s.gen, s.slot)
+            return
+        now = time.perf_counter()  # the engine has returned: what follows is the harness's time
+        for i, s in enumerate(seqs):
+            self.cached[s.slot].append(s.pending)
+            s.pos += 1
+            if self._advance(s, self.engine.logits(i), now - s.t0):
+                done(s, s.slot)
+
+    # ------------------------------------------------------------------ one sequence
+    def _admit(self, slot: int, req: Request) -> _Seq | Generation:
+        """Prefill a request's prompt into `slot`: a running sequence, or a finished (failed) generation."""
+        gen = Generation(request_id=req.id, t_start=time.time(), concurrency=self.engine.n_seq)
+        try:
+            tokens, template_stops = self.prepare(req)
+        except Exception as exc:  # a prompt the template or tokenizer rejects fails this request only
+            gen.error = f"{type(exc).__name__}: {exc}"
+            return gen
+        gen.prompt_tokens = len(tokens)
+        if not tokens:
+            gen.error = "the prompt has no tokens"
+            return gen
+        if len(tokens) + req.max_tokens > self.n_ctx:
+            gen.error = f"prompt of {len(tokens)} tokens + max_tokens {req.max_tokens} exceeds n_ctx {self.n_ctx}"
+            return gen
+        prefix = min(common_prefix(np.asarray(self.cached[slot], dtype=np.int64), tokens), len(tokens) - 1)
+        if not self.engine.clear(slot, prefix):
+            self.engine.clear(slot, 0)
+            prefix = 0
+        self.cached[slot] = list(tokens[:prefix])
+        gen.cached_tokens = prefix
+        s = _Seq(slot=slot, req=req, gen=gen, stops=[x for x in list(req.stop) + template_stops if x],
+                 t0=time.perf_counter(), rng=request_rng(req), pos=len(tokens))
+        try:
+            for start in range(prefix, len(tokens), self.n_batch):
+                end = min(start + self.n_batch, len(tokens))
+                self.engine.decode([(slot, tokens[p], p, p == len(tokens) - 1) for p in range(start, end)])
+                s.prefill_index = end - start - 1
+        except Exception as exc:
+            self._drop(slot)
+            gen.error = f"{type(exc).__name__}: {exc}"
+            return gen
+        gen.t_prefill_end = time.perf_counter() - s.t0
+        self.cached[slot] = list(tokens)
+        return s
+
+    def _advance(self, s: _Seq, logits: np.ndarray, now: float) -> bool:
+        """Sample the sequence's next token from its logits; True when the sequence has finished."""
+        h0 = time.perf_counter()
+        try:
+            tok, logp = sample_token(logits, s.req.temperature, s.rng)
+            if s.gen.t_first_token is None:
+                s.gen.t_first_token = now
+            if self.engine.is_eog(tok):
+                s.finish = "stop"
+                return True
+            s.out.append(tok)
+            s.logprobs.append(logp)
+            s.gen.token_times.append(now)
+            s.text = self.engine.detokenize(s.out)
+            hit = min((i for i in (s.text.find(x) for x in s.stops) if i >= 0), default=-1)
+            if hit >= 0:
+                s.text = s.text[:hit]
+                s.finish = "stop"
+                return True
+            if len(s.out) >= s.req.max_tokens:
+                return True
+            s.pending = tok
+            return False
+        finally:
+            s.harness += time.perf_counter() - h0
+
+    def _finish(self, s: _Seq) -> Generation:
+        gen = s.gen
+        gen.t_end = time.perf_counter() - s.t0
+        gen.extra["harness_s"] = s.harness
+        gen.extra["slot"] = s.slot
+        gen.text = s.text
+        gen.completion_tokens = len(s.out)
+        gen.token_logprobs = s.logprobs
+        gen.finish_reason = s.finish
+        return gen
+
+    def _drop(self, slot: int) -> None:
+        """Clear a slot's cells (after a failure, or when the pass ends)."""
+        self.cached[slot] = []
+        try:
+            self.engine.clear(slot, 0)
+        except Exception:  # a context already broken: nothing left to clear
+            pass
+
+
+class LlamaSeqEngine:
+    """`SeqEngine` over a llama.cpp context created with n_seq_max = n_seq (llama-cpp-python's low-level API)."""
+
+    def __init__(self, lc: Any, ctx: Any, vocab: Any, n_vocab: int, n_seq: int, capacity: int,
+                 detokenize: Callable[[list[int]], bytes]):
+        self.lc, self.ctx, self.vocab, self.n_vocab, self.n_seq = lc, ctx, vocab, n_vocab, n_seq
+        self.capacity = max(capacity, n_seq)
+        self.batch = lc.llama_batch_init(self.capacity, 0, 1)
+        self.mem = lc.llama_get_memory(ctx)
+        self._detokenize = detokenize
+
+    def clear(self, seq: int, keep: int) -> bool:
+        return bool(self.lc.llama_memory_seq_rm(self.mem, seq, keep, -1))
+
+    def decode(self, items: Sequence[Item]) -> None:
+        if len(items) > self.capacity:
+            raise ValueError(f"a batch of {len(items)} tokens exceeds the batch capacity {self.capacity}")
+        b = self.batch
+        for i, (seq, tok, pos, want) in enumerate(items):
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = want
+        b.n_tokens = len(items)
+        rc = self.lc.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+
+    def logits(self, index: int) -> np.ndarray:
+        ptr = self.lc.llama_get_logits_ith(self.ctx, index)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.lc.llama_vocab_is_eog(self.vocab, token))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self._detokenize(tokens).decode("utf-8", errors="ignore")
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self.lc.llama_batch_free(self.batch)
+            self.batch = None
+        self.lc.llama_memory_clear(self.mem, True)

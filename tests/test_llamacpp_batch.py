@@ -1,0 +1,302 @@
+"""Batched decoding (--parallel): the scheduler against a fake engine, the settings, the summary's load block, and
+the real default model's answers one at a time vs four at once."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.backends.base import Generation, Request
+from bench.backends.llamacpp_batch import BatchScheduler, Item
+from bench.cli import main
+from bench.config import load_suite
+from bench.errors import UserInputError
+from bench.results.summary import summarize_cell
+from bench.runner import run_suite
+from bench.worker import _set_parallel
+from tests.conftest import FAKE_SUITE, REPO, write_suite
+
+V = 40  # the toy model's vocabulary; token 0 is end-of-generation
+
+
+def next_token(history: Sequence[int]) -> int:
+    """The toy model: the next token is a function of the whole sequence so far, so a scheduler that mixes up
+    sequences, positions or stale cells gets different answers."""
+    h = 0
+    for t in history:
+        h = (h * 31 + t + 1) % 1_000_003
+    return h % V
+
+
+def toy_logits(history: Sequence[int]) -> np.ndarray:
+    z = np.zeros(V, dtype=np.float32)
+    z[next_token(history)] = 5.0
+    z[(next_token(history) + 1) % V] = 1.0
+    return z
+
+
+class FakeEngine:
+    """A context with n_seq sequences; it checks that positions follow on and keeps what each sequence holds."""
+
+    def __init__(self, n_seq: int, fail_at_step: int | None = None):
+        self.n_seq = n_seq
+        self.cells: list[list[int]] = [[] for _ in range(n_seq)]
+        self.last: list[np.ndarray] = []
+        self.prepared = 0  # prompts the scheduler has asked for so far
+        self.calls = 0
+        self.fail_at_step = fail_at_step
+
+    def clear(self, seq: int, keep: int) -> bool:
+        del self.cells[seq][keep:]
+        return True
+
+    def decode(self, items: Sequence[Item]) -> None:
+        if self.fail_at_step is not None and len({seq for seq, *_ in items}) > 1:
+            self.calls += 1  # multi-sequence decode steps, counted for the fault
+            if self.calls == self.fail_at_step:
+                raise RuntimeError("engine fault")
+        self.last = []
+        for seq, tok, pos, want in items:
+            assert pos == len(self.cells[seq]), f"sequence {seq}: token at {pos}, cells hold {len(self.cells[seq])}"
+            self.cells[seq].append(tok)
+            self.last.append(toy_logits(self.cells[seq]) if want else np.full(V, np.nan, dtype=np.float32))
+
+    def logits(self, index: int) -> np.ndarray:
+        return self.last[index]
+
+    def is_eog(self, token: int) -> bool:
+        return token == 0
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return "".join(chr(ord("a") + t % 26) for t in tokens)
+
+
+def tokens_of(req: Request) -> list[int]:
+    return [1 + ord(c) % (V - 1) for c in req.prompt]
+
+
+def reference(req: Request) -> tuple[str, int, str]:
+    """What one request gives decoded alone, by a plain loop over the toy model (no scheduler)."""
+    hist, out = tokens_of(req), []
+    text, finish = "", "length"
+    while True:
+        t = next_token(hist)
+        if t == 0:
+            finish = "stop"
+            break
+        out.append(t)
+        text = "".join(chr(ord("a") + x % 26) for x in out)
+        hit = min((i for i in (text.find(s) for s in req.stop) if i >= 0), default=-1)
+        if hit >= 0:
+            text, finish = text[:hit], "stop"
+            break
+        if len(out) >= req.max_tokens:
+            break
+        hist = hist + [t]
+    return text, len(out), finish
+
+
+def requests(n: int = 11) -> list[Request]:
+    shared = "You extract fields. "  # a shared prefix: a slot's next prompt reuses its cells
+    return [Request(id=f"r{i}", messages=[], prompt=shared + f"sample {i} " + "x" * (i * 3), max_tokens=3 + 5 * i % 17,
+                    stop=["q"] if i % 4 == 0 else []) for i in range(n)]
+
+
+def scheduler(engine: FakeEngine, n_batch: int = 8, n_ctx: int = 200) -> BatchScheduler:
+    def prepare(req: Request) -> tuple[list[int], list[str]]:
+        engine.prepared += 1
+        if req.prompt == "boom":
+            raise ValueError("template failed")
+        return tokens_of(req), []
+
+    return BatchScheduler(engine, prepare, n_ctx=n_ctx, n_batch=n_batch)
+
+
+def run(engine: FakeEngine, reqs: list[Request]) -> tuple[BatchScheduler, list[Generation]]:
+    sched = scheduler(engine)
+    return sched, sched.run(reqs)
+
+
+@pytest.mark.parametrize("n_seq", [1, 3, 4])
+def test_batched_answers_equal_one_at_a_time(n_seq: int) -> None:
+    reqs = requests()
+    engine = FakeEngine(n_seq)
+    _, gens = run(engine, reqs)
+    by_id = {g.request_id: g for g in gens}
+    assert sorted(by_id) == sorted(r.id for r in reqs)
+    assert {r.finish_reason for r in gens} == {"stop", "length"}  # the toy data exercises both endings
+    for req in reqs:
+        g = by_id[req.id]
+        assert g.error is None
+        assert (g.text, g.completion_tokens, g.finish_reason) == reference(req), req.id
+        assert g.concurrency == n_seq and g.prompt_tokens == len(tokens_of(req))
+        assert len(g.token_logprobs or []) == g.completion_tokens == len(g.token_times)
+        assert all(lp <= 0 and math.isfinite(lp) for lp in g.token_logprobs or [])
+        assert g.token_times == sorted(g.token_times)
+        assert g.t_prefill_end is not None and g.t_first_token is not None
+        assert 0 <= g.t_prefill_end <= g.t_first_token <= g.t_end
+        assert g.extra["harness_s"] >= 0
+    assert all(c == [] for c in engine.cells)  # every sequence's cells cleared when the pass ends
+    # later prompts in a slot reuse the shared prefix of the slot's previous prompt
+    assert any((g.cached_tokens or 0) > len("You extract") for g in gens)
+
+
+def test_continuous_batching_keeps_the_batch_full() -> None:
+    reqs = requests(12)
+    engine = FakeEngine(3)
+    sched = scheduler(engine)
+    steps: list[tuple[int, int]] = []  # (sequences in the step, prompts admitted before it)
+    step = sched._step
+    sched._step = lambda active, done: (steps.append((len(active), engine.prepared)), step(active, done))[1]
+    gens = sched.run(reqs)
+    assert len(gens) == 12
+    assert max(sched.step_sizes) == 3 and [n for n, _ in steps] == sched.step_sizes
+    # while requests are still waiting, every decode step carries all three sequences
+    waiting = [size for size, prepared in steps if prepared < len(reqs)]
+    assert waiting and all(size == 3 for size in waiting)
+    # results arrive in finishing order, not in request order, once they run side by side
+    assert [g.request_id for g in gens] != [r.id for r in reqs]
+
+
+def test_failures_stay_with_their_request() -> None:
+    reqs = requests(6)
+    reqs[1].prompt = "boom"
+    reqs[2].max_tokens = 500  # prompt + max_tokens beyond the sequence's n_ctx
+    _, gens = run(FakeEngine(2), reqs)
+    by_id = {g.request_id: g for g in gens}
+    assert "template failed" in (by_id["r1"].error or "")
+    assert "exceeds n_ctx 200" in (by_id["r2"].error or "")
+    for req in reqs[3:]:
+        assert by_id[req.id].error is None and (by_id[req.id].text, by_id[req.id].completion_tokens,
+                                                by_id[req.id].finish_reason) == reference(req)
+
+
+def test_a_failed_step_errors_its_sequences_and_the_pass_goes_on() -> None:
+    reqs = requests(8)
+    engine = FakeEngine(3, fail_at_step=2)
+    _, gens = run(engine, reqs)
+    failed = [g for g in gens if g.error]
+    assert len(gens) == 8 and 1 <= len(failed) <= 3 and all("engine fault" in (g.error or "") for g in failed)
+    by_id = {g.request_id: g for g in gens}
+    for req in reqs:
+        if not by_id[req.id].error:
+            assert (by_id[req.id].text, by_id[req.id].completion_tokens) == reference(req)[:2]
+    assert all(c == [] for c in engine.cells)
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("value", [0, 65])
+def test_generation_parallel_is_bounded(tmp_path: Path, value: int) -> None:
+    body = FAKE_SUITE.replace("  max_tokens: 8\n", f"  max_tokens: 8\n  parallel: {value}\n")
+    path = write_suite(tmp_path / "s", body)
+    with pytest.raises(UserInputError) as exc:
+        load_suite(path)
+    assert "parallel" in str(exc.value) and exc.value.line is not None
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_parallel_flag_out_of_range_exits_2(tmp_path: Path, fake_suite: Path, capsys, value: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(fake_suite), "--parallel", value, "--results", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert "--parallel" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_suite_checks_parallel_too(tmp_path: Path, fake_suite: Path) -> None:
+    with pytest.raises(UserInputError, match="--parallel 0"):
+        run_suite(load_suite(fake_suite), results_dir=tmp_path, isolation="inline", quiet=True, parallel=0)
+
+
+def test_parallel_leaves_the_cell_key_alone(tmp_path: Path) -> None:
+    body = FAKE_SUITE.replace("  max_tokens: 8\n", "  max_tokens: 8\n  parallel: 4\n")
+    four = load_suite(write_suite(tmp_path / "a", body))
+    one = load_suite(write_suite(tmp_path / "b", FAKE_SUITE))
+    assert four.generation.parallel == 4 and one.generation.parallel == 1
+    assert four.generation.key() == one.generation.key()
+
+
+def test_a_backend_that_cannot_batch_runs_one_at_a_time(tmp_path: Path, fake_suite: Path) -> None:
+    class Unbatched:
+        kind = "fake"
+
+    note = _set_parallel(Unbatched(), 4)
+    assert note is not None and note["used"] == 1 and "treated as 1" in note["note"]
+    outcome = run_suite(load_suite(fake_suite), results_dir=tmp_path, isolation="inline", quiet=True, parallel=4)
+    rows = outcome.run.samples()
+    assert rows and all(r["concurrency"] == 1 for r in rows)
+    assert all(c.get("load") is None for c in outcome.summary["cells"])
+
+
+def test_the_run_flag_reaches_the_manifest(tmp_path: Path, fake_suite: Path, capsys) -> None:
+    code = main(["run", str(fake_suite), "--parallel", "3", "--isolation", "inline", "--no-probe", "--json",
+                 "--results", str(tmp_path)])
+    assert code == 0
+    manifest = json.loads(next(tmp_path.rglob("manifest.json")).read_text())
+    assert manifest["suite"]["config"]["generation"]["parallel"] == 3
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _row(i: int, start: float, end: float, concurrency: int, tokens: int = 10) -> dict:
+    return {"cell": {"model": "m", "backend": "llamacpp"}, "cell_id": "m", "sample_id": str(i), "split": "holdout",
+            "error": None, "score": 1.0, "metric": "accuracy", "prompt_tokens": 50, "completion_tokens": tokens,
+            "concurrency": concurrency, "timings": {"t_start": start, "t_prefill_end": 0.1, "t_first_token": 0.1,
+                                                    "token_times": [0.1 + 0.05 * k for k in range(tokens)],
+                                                    "t_end": end - start}}
+
+
+def test_summary_reports_throughput_of_a_batched_pass() -> None:
+    # four requests at once over 0..2 s, then four more over 2..4 s, a pause, and one more over 10..11 s
+    rows = [_row(i, 1000.0 + 2 * (i // 4), 1002.0 + 2 * (i // 4), 4) for i in range(8)]
+    rows.append(_row(8, 1010.0, 1011.0, 4))
+    cell = summarize_cell(rows)
+    load = cell["load"]
+    assert load["concurrency"] == 4 and load["n"] == 9
+    assert load["wall_s"] == pytest.approx(5.0)  # the pause between the passes is not counted
+    assert load["requests_per_s"] == pytest.approx(9 / 5.0)
+    assert load["output_tps"] == pytest.approx(90 / 5.0)
+    assert "under load" in load["per_request"] and load["mixed_concurrency"] is False
+    assert cell["latency_s"]["p50"] is not None  # the per-request figures are kept beside it
+    assert summarize_cell([_row(0, 0.0, 1.0, 1)])["load"] is None
+
+
+# ---------------------------------------------------------------- the real default model
+
+
+@pytest.mark.integration
+def test_extract_answers_one_at_a_time_and_four_at_once(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    suite_path = REPO / "suites" / "extract.yaml"
+    one = run_suite(load_suite(suite_path), limit=8, results_dir=tmp_path / "one", quiet=True)
+    four = run_suite(load_suite(suite_path), limit=8, results_dir=tmp_path / "four", quiet=True, parallel=4)
+    a = {r["sample_id"]: r for r in one.run.samples()}
+    b = {r["sample_id"]: r for r in four.run.samples()}
+    assert sorted(a) == sorted(b) and len(a) == 8
+    assert not one.errored_cells and not four.errored_cells
+    changed = [sid for sid in a if a[sid]["output"] != b[sid]["output"]]
+    print(f"changed answers at --parallel 4: {len(changed)} of {len(a)} ({len(changed) / len(a):.1%})")
+    assert len(changed) <= 1, changed  # near-ties may flip between batch sizes; more than that is a bug
+    max_tokens = load_suite(suite_path).generation.max_tokens
+    for sid, r in b.items():
+        assert r["error"] is None and r["concurrency"] == 4 and a[sid]["concurrency"] == 1
+        assert r["finish_reason"] in ("stop", "length")
+        assert 1 <= r["completion_tokens"] <= max_tokens
+        assert r["prompt_tokens"] == a[sid]["prompt_tokens"]
+        assert 0 < r["ttft_s"] <= r["latency_s"] and r["harness_s"] >= 0
+        assert r["timings"]["token_times"] == sorted(r["timings"]["token_times"])
+        if sid not in changed:
+            assert (r["finish_reason"], r["completion_tokens"]) == (a[sid]["finish_reason"],
+                                                                    a[sid]["completion_tokens"])
+    assert any(r["cached_tokens"] > 0 for r in b.values())  # a slot reuses its previous prompt's prefix
+    load = four.summary["cells"][0]["load"]
+    assert load["concurrency"] == 4 and load["requests_per_s"] > 0 and load["output_tps"] > 0
+    assert one.summary["cells"][0]["load"] is None
