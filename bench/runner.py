@@ -427,7 +427,7 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
                 "id": plan.cell["model"], "quantization": plan.cell["quantization"], "chat": plan.chat,
                 "ref": plan.model_ref.model_dump(mode="json")}
             run_cell_on_cluster(cluster, plan.cell["hardware"], plan.backend.model_dump(), spec, requests, on_event,
-                                state["written"])
+                                state["written"], suite.generation.parallel)
         else:
             _spawn_cell(plan, requests, on_event, isolation, suite.generation.parallel)
     if len(state["written"]) < len(todo):

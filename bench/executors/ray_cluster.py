@@ -81,7 +81,8 @@ def node_info() -> dict[str, Any]:
             "bandwidth_gbs": probe.get("read_gbs") or probe.get("copy_gbs")}
 
 
-def _cell_events(backend_cfg: dict[str, Any], model_spec: dict[str, Any] | None, requests: list[Any]) -> Any:
+def _cell_events(backend_cfg: dict[str, Any], model_spec: dict[str, Any] | None, requests: list[Any],
+                 parallel: int = 1) -> Any:
     """On the node: resolve the model from this node's cache, run the cell as a local worker does, yield events."""
     from bench.worker import run_cell
 
@@ -94,7 +95,7 @@ def _cell_events(backend_cfg: dict[str, Any], model_spec: dict[str, Any] | None,
     events: queue.Queue = queue.Queue()
 
     def work() -> None:
-        run_cell(events.put, backend_cfg, model, requests)
+        run_cell(events.put, backend_cfg, model, requests, parallel)
         events.put(("_end", None))
 
     worker = threading.Thread(target=work, daemon=True)
@@ -126,9 +127,10 @@ def resolve_on_node(backend_cfg: dict[str, Any], spec: dict[str, Any] | None) ->
 
 
 def run_cell_on_cluster(ray: Any, hardware: str, backend_cfg: dict[str, Any], model_spec: dict[str, Any] | None,
-                        requests: list[Any], on_event: Any, written: set[str]) -> None:
+                        requests: list[Any], on_event: Any, written: set[str], parallel: int = 1) -> None:
     """Run one cell on a node offering `hardware`, streaming its events to on_event; retry what is left when a
-    node is lost. `written` is the driver's set of sample ids already stored for this cell."""
+    node is lost. `written` is the driver's set of sample ids already stored for this cell; `parallel` the
+    requests decoded at once where the backend can batch."""
     if hardware not in profiles_present(ray):
         present = ", ".join(profiles_present(ray)) or "none"
         on_event(("fatal", f"unplaceable: no node of the Ray cluster offers hardware {hardware!r} "
@@ -147,7 +149,7 @@ def run_cell_on_cluster(ray: Any, hardware: str, backend_cfg: dict[str, Any], mo
         if attempt:
             on_event(("retry", f"attempt {attempt + 1}: {len(todo)} samples left after {last_error}"))
         try:
-            for ref in remote.remote(backend_cfg, model_spec, todo):
+            for ref in remote.remote(backend_cfg, model_spec, todo, parallel):
                 event = ray.get(ref)
                 on_event(event)
                 if event[0] in ("done", "fatal"):
