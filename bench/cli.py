@@ -50,6 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import run_suite
 
     suite = load_suite(args.suite)
+    if args.concurrency is not None:
+        from bench.sweep import parse_levels
+
+        suite.load = suite.load.model_copy(update={"concurrency": parse_levels(args.concurrency)})
     outcome = run_suite(suite, models=args.models, quantizations=args.quantizations, limit=args.limit,
                         hardware=args.hardware,
                         results_dir=Path(args.results), fresh=args.fresh, isolation=args.isolation,
@@ -152,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--parallel", type=_parallel, metavar="N",
                    help="decode up to N requests at once (llama.cpp: N sequences in one context, continuous batching; "
                         "default: the suite's generation.parallel, 1). Per-request latency is then measured under load")
+    r.add_argument("--concurrency", metavar="L1,L2,...",
+                   help="also time each cell at these concurrency levels (llama.cpp sequences, or HTTP requests in "
+                        "flight) over the suite's load.timing_samples; cost is taken at the highest level whose p95 "
+                        "latency meets max_p95_latency_s (default: the suite's load.concurrency)")
     r.add_argument("--hardware", help="hardware profile id (default: the profile matching this machine)")
     r.add_argument("--results", default="results", help="results directory (default: results)")
     r.add_argument("--fresh", action="store_true", help="start a new run instead of resuming")

@@ -298,6 +298,19 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
                 with ThreadPoolExecutor(max_workers=max(len(work), 1)) as pool:
                     errored = list(pool.map(one, work))
             outcome.errored_cells += [plan.cell_id for (plan, _), bad in zip(work, errored) if bad]
+        if suite.load.concurrency and cluster is None:  # operating points: timing passes at each level
+            from bench.sweep import run_levels
+
+            def prepare(plan: CellPlan) -> bool:
+                try:
+                    prepare_model(plan, resolve_model, quiet)
+                    return True
+                except BenchError:
+                    return False
+
+            run_levels(suite, plans, samples, run, isolation, profile, profiles, quiet, prepare)
+        elif suite.load.concurrency and not quiet:
+            console.print("--concurrency: timing passes run on this machine only; skipped on a cluster")
     finally:
         writer.close()
     outcome.summary = write_summary(run, profile, _bandwidth(info, profile))
@@ -347,6 +360,21 @@ def _refuse_noisy(suite: Suite, plan: CellPlan, todo: list[Sample], writer: Samp
     return True
 
 
+def prepare_model(plan: CellPlan, resolve_model: Any, quiet: bool) -> None:
+    """Set the cell's model: resolved (and verified) from the cache for backends that load a model file, a
+    stand-in for in-process ones that do not; a BenchError when it cannot be had."""
+    traits = backend_traits(plan.backend.kind)
+    if plan.model is not None or not traits.in_process or plan.model_ref is None:
+        return
+    if not traits.loads_model_file:
+        from bench.models.resolve import ResolvedModel
+
+        plan.model = ResolvedModel(id=plan.cell["model"], quantization=plan.cell["quantization"], path=Path(),
+                                   sha256="", size_bytes=0, chat=plan.chat)
+        return
+    plan.model = resolve_model(plan.model_ref, plan.cell["quantization"], quiet=quiet)
+
+
 def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: list[Sample], writer: SampleWriter,
                   progress: Any, profile: Any, profiles: dict[str, Any], isolation: str, quiet: bool,
                   resolve_model: Any, cluster: Any = None) -> bool:
@@ -375,16 +403,9 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
                 progress.advance(task_id)
         state["errored"] = True
 
-    if on_cluster:
-        pass  # the node resolves the model from its own cache
-    elif traits.in_process and not traits.loads_model_file and plan.model_ref is not None:
-        from bench.models.resolve import ResolvedModel
-
-        plan.model = ResolvedModel(id=plan.cell["model"], quantization=plan.cell["quantization"], path=Path(),
-                                   sha256="", size_bytes=0, chat=plan.chat)
-    elif traits.in_process and plan.model_ref is not None:
+    if not on_cluster:  # on a cluster the node resolves the model from its own cache
         try:
-            plan.model = resolve_model(plan.model_ref, plan.cell["quantization"], quiet=quiet)
+            prepare_model(plan, resolve_model, quiet)
         except BenchError as exc:
             write_error(f"model unavailable: {exc}")
             console.print(f"[red]{label}: {exc}[/]")

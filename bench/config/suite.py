@@ -381,6 +381,21 @@ class PreRouterConfig(Strict):
 
 # ---------------------------------------------------------------- the suite
 
+class LoadConfig(Strict):
+    """Operating points (bench/sweep.py): timing passes at these concurrency levels over a fixed subset."""
+
+    concurrency: list[int] = Field([], description="levels to time each cell at, e.g. [1, 4, 8]; [] times none "
+                                   "(the cell is priced one request at a time)")
+    timing_samples: int = Field(32, ge=1, description="samples each level's pass times (the first by id)")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= x <= MAX_PARALLEL for x in v):
+            raise ValueError(f"levels must be whole numbers from 1 to {MAX_PARALLEL}")
+        return sorted(set(v))
+
+
 class Suite(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -409,6 +424,7 @@ class Suite(Strict):
     generation: GenerationConfig = GenerationConfig()
     matrix: MatrixConfig = MatrixConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    load: LoadConfig = LoadConfig()
 
     # set by the loader
     path: Path | None = Field(None, exclude=True)

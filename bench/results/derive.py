@@ -65,7 +65,18 @@ def derive_summary(run: RunDir, profile: Any = None, bandwidth: tuple[float, str
                                        else None)
     _quantization_costs(summary, rows)
     _macro_f1(summary, rows, manifest, run)
+    _operating_points(summary, manifest, run)
     return summary
+
+
+def _operating_points(summary: dict[str, Any], manifest: dict[str, Any], run: RunDir) -> None:
+    """Each cell's concurrency levels (load.jsonl) and the one its cost is taken at (bench/sweep.py)."""
+    from bench.results.store import iter_jsonl
+    from bench.sweep import LOAD_FILE, attach
+
+    path = run.path / LOAD_FILE
+    rows = list(iter_jsonl(path)) if path.exists() else []
+    attach(summary, rows, (manifest.get("suite") or {}).get("max_p95_latency_s"))
 
 
 def _macro_f1(summary: dict[str, Any], rows: list[dict[str, Any]], manifest: dict[str, Any], run: RunDir) -> None:
