@@ -109,16 +109,21 @@ def merge(runs: list[Run]) -> dict[str, CellRows]:
     cells: dict[str, CellRows] = {}
     where: dict[str, tuple[int, int]] = {}
     for i, run in enumerate(runs):
+        last: str | None = None  # rows of one cell come in long stretches: look the cell up when it changes
+        into: dict[str, Row] = {}
         for line, r in enumerate(run.rows):
             cid = r["cell_id"]
-            c = cells.get(cid)
-            if c is None:
-                c = cells[cid] = CellRows(cell_id=cid, cell=r["cell"])
-            if c.run is not run:
-                c.run, c.cell = run, r["cell"]
-                c.wrote.append(run)
-                where[cid] = (i, line)
-            c.rows[str(r["sample_id"])] = r
+            if cid != last:
+                c = cells.get(cid)
+                if c is None:
+                    c = cells[cid] = CellRows(cell_id=cid, cell=r["cell"])
+                if c.run is not run:
+                    c.run, c.cell = run, r["cell"]
+                    c.wrote.append(run)
+                    where[cid] = (i, line)
+                last, into = cid, c.rows
+            sid = r["sample_id"]
+            into[sid if type(sid) is str else str(sid)] = r
     return {cid: cells[cid] for cid in sorted(cells, key=where.__getitem__)}
 
 
