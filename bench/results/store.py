@@ -70,23 +70,19 @@ def check_row(row: Any, path: Path, line: int) -> dict[str, Any]:
 
 
 # The bulky per-token fields, cut from a line before parsing when the reader does not need them (`lean`).
-# A quoted key followed by ':' cannot occur inside a JSON string (its quotes would be escaped there).
-_BULKY = re.compile(rb'"(?:timings|token_logprobs)"\s*:\s*(?:\{[^{}]*\}|\[[^\[\]]*\])')
+# A quoted key followed by ':' cannot occur inside a JSON string (its quotes would be escaped there); a value
+# never spans lines, so the cut stops at a newline even when it is applied to many lines at once.
+_BULKY = re.compile(rb'"(?:timings|token_logprobs)"[ \t\r]*:[ \t\r]*(?:\{[^{}\n]*\}|\[[^\[\]\n]*\])')
+_CHUNK = 8 << 20  # bytes of whole lines parsed in one orjson call
 
 
-def iter_jsonl(path: Path, check: Any = None, lean: bool = False) -> Iterator[dict[str, Any]]:
-    """Read an append-only JSONL file of this run directory; a torn last line (a kill mid-write) is skipped, any
-    other bad line is an exit-2 error naming the file and line. `check(row, path, line)` validates each row;
-    `lean` drops `timings` and `token_logprobs` before parsing, which makes big files several times faster."""
-    try:
-        with path.open("rb") as f:
-            lines = f.read().split(b"\n")
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+def _parse_lines(block: bytes, first: int, final: bool, lean: bool) -> list[Any]:
+    """Parse a block of lines one by one (the exact path: blank lines skipped, a torn final line dropped, a bad
+    line an exit-2 error with its number). `final`: the block's last line is the file's last, with no newline."""
     loads, cut = orjson.loads, _BULKY.sub
-    for i, raw in enumerate(lines, 1):
+    lines = block.split(b"\n")
+    out = []
+    for i, raw in enumerate(lines):
         if not raw or raw.isspace():  # (strip() would copy every line)
             continue
         try:
@@ -95,17 +91,89 @@ def iter_jsonl(path: Path, check: Any = None, lean: bool = False) -> Iterator[di
             try:
                 row = loads(raw)  # a line the cut could not handle: parse it whole
             except ValueError:
-                if i == len(lines):  # the final line without its newline: an interrupted write
+                if final and i == len(lines) - 1:  # the final line without its newline: an interrupted write
                     continue
-                raise UserInputError(f"line {i} is not valid JSON", file=str(path)) from None
+                raise _Bad(first + i) from None
         if lean and type(row) is dict:
             row.pop("_", None)
-        if check is not None:
-            row = check(row, path, i)
-        elif not isinstance(row, dict):
-            raise UserInputError(f"line {i}: expected a JSON object, got a JSON {type(row).__name__}",
-                                 file=str(path))
-        yield row
+        out.append((first + i, row))
+    return out
+
+
+class _Bad(Exception):
+    def __init__(self, line: int):
+        self.line = line
+
+
+def _parse_block(block: bytes, first: int, lean: bool) -> list[Any] | None:
+    """Whole lines (each ending in a newline) parsed as one JSON array in one orjson call: (line, row) pairs, or
+    None when that cannot be done exactly (a blank or bad line, a line holding other than one value)."""
+    body = _BULKY.sub(b'"_": null', block) if lean else block
+    try:
+        rows = orjson.loads(b"[" + body[:-1].replace(b"\n", b",") + b"]")
+    except ValueError:
+        return None
+    if len(rows) != block.count(b"\n"):
+        return None
+    if lean:
+        for row in rows:
+            if type(row) is dict:
+                row.pop("_", None)
+    return list(enumerate(rows, first))
+
+
+def iter_jsonl(path: Path, check: Any = None, lean: bool = False) -> Iterator[dict[str, Any]]:
+    """Read an append-only JSONL file of this run directory; a torn last line (a kill mid-write) is skipped, any
+    other bad line is an exit-2 error naming the file and line. `check(row, path, line)` validates each row;
+    `lean` drops `timings` and `token_logprobs` before parsing, which makes big files several times faster.
+
+    Whole lines are parsed in blocks of about _CHUNK bytes, one orjson call each; a block that does not parse
+    as exactly one JSON value per line, or whose rows fail `check`, is read again line by line, so errors and
+    the rows kept are those of reading line by line."""
+    try:
+        with path.open("rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    end = data.rfind(b"\n") + 1  # data[:end] is whole lines; what follows is a final line without its newline
+    start, line = 0, 1
+    while start < len(data):
+        if start < end:
+            stop = data.find(b"\n", min(start + _CHUNK, end - 1)) + 1
+            block, final = data[start:stop], False
+        else:
+            stop, block, final = len(data), data[start:], True
+        parsed = None if final else _parse_block(block, line, lean)
+        rows = _checked(parsed, path, check) if parsed is not None else None
+        if rows is None:
+            try:
+                rows = _checked(_parse_lines(block, line, final, lean), path, check, exact=True)
+            except _Bad as bad:
+                raise UserInputError(f"line {bad.line} is not valid JSON", file=str(path)) from None
+        assert rows is not None
+        yield from rows
+        line += block.count(b"\n")
+        start = stop
+
+
+def _checked(pairs: list[Any], path: Path, check: Any, exact: bool = False) -> list[dict[str, Any]] | None:
+    """The rows after `check` (or the object test); None where a row fails and this is not the exact pass."""
+    out = []
+    try:
+        for i, row in pairs:
+            if check is not None:
+                row = check(row, path, i)
+            elif not isinstance(row, dict):
+                raise UserInputError(f"line {i}: expected a JSON object, got a JSON {type(row).__name__}",
+                                     file=str(path))
+            out.append(row)
+    except UserInputError:
+        if exact:
+            raise
+        return None
+    return out
 
 
 def _fast_check(row: Any, path: Path, line: int) -> dict[str, Any]:
