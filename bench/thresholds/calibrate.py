@@ -144,15 +144,20 @@ def _columns(t: Tier, ids: list[str]) -> _Columns:
                     cost_usd=_floats([r.get("cost_usd") for r in rows]),
                     latency=_floats([r.get("latency_s") for r in rows]),
                     contention=[r.get("contention") for r in rows],
-                    mean_cost=_tier_mean(t, "cost_usd"), mean_latency=_tier_mean(t, "latency_s"))
+                    **_tier_means(t))
 
 
-def _tier_mean(t: Tier, key: str) -> float:
-    """Mean of a field over every answered row of the tier, summed in row order as a Python sum."""
+def _tier_means(t: Tier) -> dict[str, float]:
+    """Mean cost and latency over every answered row of the tier (shared or not), each summed in row order as a
+    Python sum; NaN where there is none."""
     rows = t.rows.values()
-    vals = _floats([r.get(key) for r in rows])[~np.array([bool(r.get("error")) for r in rows], dtype=bool)]
-    kept = vals[~np.isnan(vals)].tolist()
-    return sum(kept) / len(kept) if kept else math.nan
+    answered = ~np.array([bool(r.get("error")) for r in rows], dtype=bool)
+    out = {}
+    for name, key in (("mean_cost", "cost_usd"), ("mean_latency", "latency_s")):
+        vals = _floats([r.get(key) for r in rows])[answered]
+        kept = vals[~np.isnan(vals)].tolist()
+        out[name] = sum(kept) / len(kept) if kept else math.nan
+    return out
 
 
 def _split(cols: list[_Columns], idx: np.ndarray, ids: list[str], basis: str) -> Split:
