@@ -33,7 +33,7 @@ class BigRun:
     n_samples: int
     cells: list[str]                     # cell ids, tier order (cheapest first)
     calibration: int                     # samples in the calibration split
-    quality: dict[str, dict[str, float]]  # cell_id -> split -> mean score (errors count 0)
+    quality: dict[str, dict[str, float]]  # cell_id -> split (or 'all') -> mean score (errors count 0)
     errors: dict[str, int]                # cell_id -> errored samples
 
     @property
@@ -168,7 +168,8 @@ def write_big_run(root: Path, n_samples: int, tiers: int = 3, *, seed: int = 0, 
             value = np.array([0.0 if r["error"] else r["score"] for r in rows])
             made.cells.append(cid)
             made.quality[cid] = {"calibration": float(value[cal].mean()) if cal.any() else float("nan"),
-                                 "holdout": float(value[~cal].mean()) if (~cal).any() else float("nan")}
+                                 "holdout": float(value[~cal].mean()) if (~cal).any() else float("nan"),
+                                 "all": float(value.mean())}
             made.errors[cid] = sum(1 for r in rows if r["error"])
             if summary:
                 summaries.extend(build_summary(rows, doc)["cells"])
