@@ -91,8 +91,9 @@ def _column(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarra
                     else np.array([v is not None for v in raw], dtype=bool))
         except OverflowError:
             pass
-    ok = [isinstance(v, (int, float)) for v in raw]
-    return np.array([float(v) if k else math.nan for v, k in zip(raw, ok)], dtype=float), np.array(ok, dtype=bool)
+    nums = [float(v) if isinstance(v, (int, float)) else None for v in raw]
+    return (np.array([math.nan if v is None else v for v in nums], dtype=float),
+            np.array([v is not None for v in nums], dtype=bool))
 
 
 def _pairs(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
