@@ -91,15 +91,16 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _parse_lines(block: bytes, first: int, final: bool, lean: bool) -> list[Any]:
-    """Parse a block of lines one by one (the exact path: blank lines skipped, a torn final line dropped, a bad
-    line an exit-2 error with its number). `final`: the block's last line is the file's last, with no newline."""
+def _parse_lines(block: bytes, first: int, final: bool, lean: bool) -> tuple[list[Any], int | None]:
+    """Parse a block of lines one by one (the exact path: blank lines skipped, a torn final line dropped): the
+    (line, row) pairs up to the first line that is not JSON, and that line's number (None when every line is).
+    `final`: the block's last line is the file's last, with no newline."""
     lines = block.split(b"\n")
     with _no_gc():
         return _parse_split(lines, first, final, lean)
 
 
-def _parse_split(lines: list[bytes], first: int, final: bool, lean: bool) -> list[Any]:
+def _parse_split(lines: list[bytes], first: int, final: bool, lean: bool) -> tuple[list[Any], int | None]:
     loads, cut = orjson.loads, _BULKY.sub
     out = []
     for i, raw in enumerate(lines):
@@ -113,16 +114,11 @@ def _parse_split(lines: list[bytes], first: int, final: bool, lean: bool) -> lis
             except ValueError:
                 if final and i == len(lines) - 1:  # the final line without its newline: an interrupted write
                     continue
-                raise _Bad(first + i) from None
+                return out, first + i
         if lean and type(row) is dict:
             row.pop("_", None)
         out.append((first + i, row))
-    return out
-
-
-class _Bad(Exception):
-    def __init__(self, line: int):
-        self.line = line
+    return out, None
 
 
 def _parse_block(block: bytes, first: int, lean: bool) -> list[Any] | None:
@@ -169,10 +165,10 @@ def iter_jsonl(path: Path, check: Any = None, lean: bool = False) -> Iterator[di
         parsed = None if final else _parse_block(block, line, lean)
         rows = _checked(parsed, path, check) if parsed is not None else None
         if rows is None:
-            try:
-                rows = _checked(_parse_lines(block, line, final, lean), path, check, exact=True)
-            except _Bad as bad:
-                raise UserInputError(f"line {bad.line} is not valid JSON", file=str(path)) from None
+            pairs, bad = _parse_lines(block, line, final, lean)
+            rows = _checked(pairs, path, check, exact=True)  # a bad row before the bad line is the error
+            if bad is not None:
+                raise UserInputError(f"line {bad} is not valid JSON", file=str(path))
         assert rows is not None
         yield from rows
         line += block.count(b"\n")

@@ -93,6 +93,8 @@ FILES = {
     "crlf": "\r\n".join(ROW % f'"s{i}"' for i in range(30)) + "\r\n",
     "null_timings": "\n".join((ROW % f'"s{i}"').replace('{"a": [1, 2]}', "null") for i in range(30)) + "\n",
     "empty": "",
+    "no_cell_then_garbage": '{"schema_version": 1}\n' + "garbage\n" + "{}\n",
+    "garbage_then_no_cell": "\n".join(ROW % f'"s{i}"' for i in range(20)) + "\ngarbage\n" + '{"schema_version": 1}\n',
 }
 
 
