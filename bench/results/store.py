@@ -102,7 +102,7 @@ def _parse_lines(block: bytes, first: int, final: bool, lean: bool) -> tuple[lis
 
 def _parse_split(lines: list[bytes], first: int, final: bool, lean: bool) -> tuple[list[Any], int | None]:
     loads, cut = orjson.loads, _BULKY.sub
-    out = []
+    out: list[Any] = []
     for i, raw in enumerate(lines):
         if not raw or raw.isspace():  # (strip() would copy every line)
             continue
