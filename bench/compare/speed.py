@@ -126,7 +126,11 @@ def _decode_parts(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]]) ->
 
 
 def _peak(rows: list[dict[str, Any]], key: str) -> float | None:
-    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    raw = [r.get(key) for r in rows]
+    if set(map(type, raw)) <= _NUMBERS | {type(None)}:
+        vals = [v for v in raw if v is not None]
+    else:
+        vals = [v for v in raw if isinstance(v, (int, float))]
     return max(vals) if vals else None
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -109,21 +110,25 @@ def merge(runs: list[Run]) -> dict[str, CellRows]:
     cells: dict[str, CellRows] = {}
     where: dict[str, tuple[int, int]] = {}
     for i, run in enumerate(runs):
-        last: str | None = None  # rows of one cell come in long stretches: look the cell up when it changes
-        into: dict[str, Row] = {}
-        for line, r in enumerate(run.rows):
-            cid = r["cell_id"]
-            if cid != last:
-                c = cells.get(cid)
-                if c is None:
-                    c = cells[cid] = CellRows(cell_id=cid, cell=r["cell"])
-                if c.run is not run:
-                    c.run, c.cell = run, r["cell"]
-                    c.wrote.append(run)
-                    where[cid] = (i, line)
-                last, into = cid, c.rows
-            sid = r["sample_id"]
-            into[sid if type(sid) is str else str(sid)] = r
+        rows = run.rows
+        if not rows:
+            continue
+        cids = list(map(itemgetter("cell_id"), rows))
+        sids = list(map(itemgetter("sample_id"), rows))
+        if not all(type(s) is str for s in sids):
+            sids = [str(s) for s in sids]
+        # rows of one cell come in long stretches: the cell is looked up once per stretch, its rows stored at once
+        starts = [0] + [k for k, (a, b) in enumerate(zip(cids, cids[1:]), 1) if a != b] + [len(rows)]
+        for line, end in zip(starts, starts[1:]):
+            cid, r = cids[line], rows[line]
+            c = cells.get(cid)
+            if c is None:
+                c = cells[cid] = CellRows(cell_id=cid, cell=r["cell"])
+            if c.run is not run:
+                c.run, c.cell = run, r["cell"]
+                c.wrote.append(run)
+                where[cid] = (i, line)
+            c.rows.update(zip(sids[line:end], rows[line:end]))
     return {cid: cells[cid] for cid in sorted(cells, key=where.__getitem__)}
 
 

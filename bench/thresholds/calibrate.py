@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -132,29 +134,38 @@ class _Columns:
     mean_latency: float
 
 
+def _fields(rows: Iterable[dict[str, Any]], keys: tuple[str, ...]) -> list[list[Any]]:
+    """Each key's value in every row (None where a row lacks it), one list per key; rows holding every key, as
+    the runner writes them, are read by one C-level pass."""
+    rows = list(rows)
+    try:
+        got = list(map(itemgetter(*keys), rows))
+    except KeyError:
+        return [[r.get(k) for r in rows] for k in keys]
+    return [list(col) for col in zip(*got)] if got else [[] for _ in keys]
+
+
+_KEYS = ("error", "score", "verified", "confidence", "cost_usd", "latency_s", "contention")
+
+
 def _columns(t: Tier, ids: list[str]) -> _Columns:
-    rows = [t.rows[s] for s in ids]
-    error = np.array([bool(r.get("error")) for r in rows], dtype=bool)
-    value = _floats([r.get("score") for r in rows], allow_bool=True)
+    error_, score, verified, raw_conf, cost, latency, contention = _fields(map(t.rows.__getitem__, ids), _KEYS)
+    error = np.array([bool(e) for e in error_], dtype=bool)
+    value = _floats(score, allow_bool=True)
     value[error] = 0.0  # a router must answer every request: a failed one counts as wrong
-    raw_conf = [r.get("confidence") for r in rows]
-    return _Columns(value=value, error=error,
-                    verified=np.array([bool(r.get("verified")) for r in rows], dtype=bool) & ~error,
+    return _Columns(value=value, error=error, verified=np.array([bool(v) for v in verified], dtype=bool) & ~error,
                     conf=_floats(raw_conf), has_conf=np.array([c is not None for c in raw_conf], dtype=bool),
-                    cost_usd=_floats([r.get("cost_usd") for r in rows]),
-                    latency=_floats([r.get("latency_s") for r in rows]),
-                    contention=[r.get("contention") for r in rows],
-                    **_tier_means(t))
+                    cost_usd=_floats(cost), latency=_floats(latency), contention=contention, **_tier_means(t))
 
 
 def _tier_means(t: Tier) -> dict[str, float]:
     """Mean cost and latency over every answered row of the tier (shared or not), each summed in row order as a
     Python sum; NaN where there is none."""
-    rows = t.rows.values()
-    answered = ~np.array([bool(r.get("error")) for r in rows], dtype=bool)
+    error, cost, latency = _fields(t.rows.values(), ("error", "cost_usd", "latency_s"))
+    answered = ~np.array([bool(e) for e in error], dtype=bool)
     out = {}
-    for name, key in (("mean_cost", "cost_usd"), ("mean_latency", "latency_s")):
-        vals = _floats([r.get(key) for r in rows])[answered]
+    for name, col in (("mean_cost", cost), ("mean_latency", latency)):
+        vals = _floats(col)[answered]
         kept = vals[~np.isnan(vals)].tolist()
         out[name] = sum(kept) / len(kept) if kept else math.nan
     return out

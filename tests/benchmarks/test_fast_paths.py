@@ -120,3 +120,44 @@ def test_block_reading_matches_line_by_line(name: str, tmp_path: Path, monkeypat
             assert blocks == lines
             if lean and blocks[0] == "ok":
                 assert all("timings" not in r or r["timings"] is None for r in blocks[1])
+
+
+def test_fields_and_peak_match_rows() -> None:
+    rows = [{"a": 1, "b": None}, {"a": 2}, {"b": 3.5}]
+    assert calibrate._fields(rows, ("a", "b")) == [[1, 2, None], [None, None, 3.5]]
+    assert calibrate._fields([{"a": 1, "b": 2}], ("a", "b")) == [[1], [2]] and calibrate._fields([], ("a", "b")) == [[], []]
+    for vals in ([1.0, None, 3, 2.5], [None], [], [True, 0.5], ["9", 2.0, None, {"x": 1}]):
+        rows = [{"rss": v} for v in vals] + [{}]
+        old = [r["rss"] for r in rows if isinstance(r.get("rss"), (int, float))]
+        assert speed._peak(rows, "rss") == (max(old) if old else None)
+
+
+def test_merge_keeps_the_latest_row_per_cell_and_sample(tmp_path: Path) -> None:
+    """Stretches of one cell, a cell coming back, int sample ids and a rerun, as the row-by-row rule keeps them."""
+    from bench.results.load import merge
+
+    class FakeRun:
+        def __init__(self, rows: list[dict[str, Any]], started: str):
+            self.rows, self.started = rows, started
+
+        def order(self) -> tuple[str, str, str]:
+            return self.started, "", ""
+
+    def row(cid: str, sid: Any, v: int) -> dict[str, Any]:
+        return {"cell_id": cid, "cell": {"m": cid}, "sample_id": sid, "v": v}
+
+    old = FakeRun([row("a", "1", 0), row("a", 2, 1), row("b", "1", 2), row("a", "1", 3), row("b", 2, 4)], "1")
+    new = FakeRun([row("b", "2", 5), row("b", "3", 6)], "2")
+    from bench.results import load
+
+    orig = load.Run.order
+    load.Run.order = FakeRun.order  # type: ignore[method-assign]
+    try:
+        cells = merge([new, old])  # type: ignore[list-item]
+    finally:
+        load.Run.order = orig  # type: ignore[method-assign]
+    assert list(cells) == ["a", "b"]
+    assert {s: r["v"] for s, r in cells["a"].rows.items()} == {"1": 3, "2": 1}
+    assert list(cells["b"].rows) == ["1", "2", "3"]
+    assert {s: r["v"] for s, r in cells["b"].rows.items()} == {"1": 2, "2": 5, "3": 6}
+    assert cells["b"].run is new and cells["a"].run is old and cells["b"].wrote == [old, new]
