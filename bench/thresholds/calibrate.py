@@ -136,13 +136,16 @@ class _Columns:
 
 def _fields(rows: Iterable[dict[str, Any]], keys: tuple[str, ...]) -> list[list[Any]]:
     """Each key's value in every row (None where a row lacks it), one list per key; rows holding every key, as
-    the runner writes them, are read by one C-level pass."""
+    the runner writes them, are read by C-level passes that make no tuples (with a million rows alive, every
+    container made wakes the garbage collector)."""
     rows = list(rows)
-    try:
-        got = list(map(itemgetter(*keys), rows))
-    except KeyError:
-        return [[r.get(k) for r in rows] for k in keys]
-    return [list(col) for col in zip(*got)] if got else [[] for _ in keys]
+    out = []
+    for k in keys:
+        try:
+            out.append(list(map(itemgetter(k), rows)))
+        except KeyError:
+            out.append([r.get(k) for r in rows])
+    return out
 
 
 _KEYS = ("error", "score", "verified", "confidence", "cost_usd", "latency_s", "contention")
