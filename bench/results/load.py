@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.errors import UserInputError
 from bench.results.rows import RunManifest, RunSummary, SampleRow, validate_manifest
-from bench.results.store import RunDir, find_runs, iter_samples, read_json
+from bench.results.store import RunDir, find_runs, read_json, read_samples
 
 Row = dict[str, Any]
 
@@ -173,7 +173,7 @@ def load_run(run: RunDir, lean: bool = False) -> Run:
     """One run directory: manifest validated, rows read (a torn last line skipped, a bad line an exit-2 error)."""
     doc = run.manifest()
     return Run(dir=run, manifest=validate_manifest(doc, str(run.manifest_path)),
-               rows=list(iter_samples(run.samples_path, lean=lean)))
+               rows=read_samples(run.samples_path, lean=lean))
 
 
 def load_runs(paths: list[str | Path], *, lean: bool = False, need_suite_name: bool = True) -> Results:

@@ -73,8 +73,9 @@ def check_row(row: Any, path: Path, line: int) -> dict[str, Any]:
 
 # The bulky per-token fields, cut from a line before parsing when the reader does not need them (`lean`).
 # A quoted key followed by ':' cannot occur inside a JSON string (its quotes would be escaped there); a value
-# never spans lines, so the cut stops at a newline even when it is applied to many lines at once.
-_BULKY = re.compile(rb'"(?:timings|token_logprobs)"[ \t\r]*:[ \t\r]*(?:\{[^{}\n]*\}|\[[^\[\]\n]*\])')
+# never spans lines, so the cut stops at a newline even when it is applied to many lines at once. (The literal
+# '"t' up front lets the regex engine skip ahead to candidates.)
+_BULKY = re.compile(rb'"t(?:imings|oken_logprobs)"[ \t\r]*:[ \t\r]*(?:\{[^{}\n]*\}|\[[^\[\]\n]*\])')
 _CHUNK = 1 << 20  # bytes of whole lines parsed in one orjson call
 
 
@@ -228,6 +229,13 @@ def _fast_check(row: Any, path: Path, line: int) -> dict[str, Any]:
 def iter_samples(path: Path, lean: bool = False) -> Iterator[dict[str, Any]]:
     """Read samples.jsonl; a torn last line (a kill mid-write) is skipped, any other bad line is an error."""
     return iter_jsonl(path, _fast_check, lean)
+
+
+def read_samples(path: Path, lean: bool = False) -> list[dict[str, Any]]:
+    """Every row of samples.jsonl as iter_samples reads it, with the garbage collector paused for the whole read
+    (paused per block only, it wakes after each one and walks every row read so far, again and again)."""
+    with _no_gc():
+        return list(iter_samples(path, lean))
 
 
 class SampleWriter:
