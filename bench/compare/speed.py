@@ -145,8 +145,8 @@ def compare_speed(b_cell: dict[str, Any], c_cell: dict[str, Any], b_rows: list[d
     x, y = _pairs(b_rows, c_rows, "latency_s")
     lat = judge(np.percentile(x, 95) if x.size else None, np.percentile(y, 95) if y.size else None,
                 lower_is_better=True, factor=factor, comparable=comparable,
-                interval=paired_interval(x.size, lambda i: np.percentile(y[i], 95, axis=1)
-                                         - np.percentile(x[i], 95, axis=1)))
+                interval=paired_interval(x.size, lambda i: np.percentile(y[i], 95, axis=1, overwrite_input=True)
+                                         - np.percentile(x[i], 95, axis=1, overwrite_input=True)))
     lat["n"] = int(x.size)
     d = _decode_parts(b_rows, c_rows)
 
