@@ -122,6 +122,26 @@ def _score(row: dict[str, Any]) -> float | None:
         return None
 
 
+def _errored(rows: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([bool(r.get("error")) for r in rows], dtype=bool)
+
+
+def _scores(rows: list[dict[str, Any]], failed: np.ndarray) -> np.ndarray:
+    """`_score` of each row as one array, NaN where it is None. Plain numbers and None, the usual scores,
+    convert in one numpy call; anything else goes through _score row by row."""
+    raw = [r.get("score") for r in rows]
+    if set(map(type, raw)) <= {float, int, type(None)}:
+        try:
+            out = np.array(raw, dtype=float)
+        except OverflowError:
+            out = None
+        if out is not None:
+            out[~np.isfinite(out)] = np.nan
+            out[failed] = 0.0
+            return out
+    return np.array([math.nan if (v := _score(r)) is None else v for r in rows], dtype=float)
+
+
 def _higher_is_better(kind: str | None) -> bool:
     from bench.tasks import get_task
 
@@ -183,12 +203,15 @@ def compare_pair(task: TaskData, b: CellData, c: CellData, how: str, tolerance: 
     if not shared:
         raise UserInputError(f"task {task.name!r}: baseline cell {b.cell_id} and candidate cell {c.cell_id} "
                              "share no sample ids; were they run on the same data?", field="sample_id")
-    b_err = {s for s in shared if b.rows[s].get("error")}
-    c_err = {s for s in shared if c.rows[s].get("error")}
+    b_rows, c_rows = [b.rows[s] for s in shared], [c.rows[s] for s in shared]
+    b_failed, c_failed = _errored(b_rows), _errored(c_rows)
+    b_err = {s for s, e in zip(shared, b_failed) if e}
+    c_err = {s for s, e in zip(shared, c_failed) if e}
     new_err = sorted(c_err - b_err)
-    compared = [s for s in shared if _score(b.rows[s]) is not None and _score(c.rows[s]) is not None]
-    xs = [float(_score(b.rows[s])) for s in compared]  # type: ignore[arg-type]
-    ys = [float(_score(c.rows[s])) for s in compared]  # type: ignore[arg-type]
+    b_score, c_score = _scores(b_rows, b_failed), _scores(c_rows, c_failed)
+    both = ~np.isnan(b_score) & ~np.isnan(c_score)
+    compared = [s for s, k in zip(shared, both.tolist()) if k]
+    xs, ys = b_score[both].tolist(), c_score[both].tolist()
     gate = quality_gate(xs, ys, tolerance, hib)
     delta, lo, hi = gate["delta"], gate["ci_low"], gate["ci_high"]
     q_b, q_c = mean_ci(xs), mean_ci(ys)
@@ -215,8 +238,8 @@ def compare_pair(task: TaskData, b: CellData, c: CellData, how: str, tolerance: 
             bound = q_c["ci_low"] if hib else q_c["ci_high"]
             reasons.append(f"no longer meets the routing target {routing_target:g}: {metric} "
                            f"{'lower' if hib else 'upper'} bound {num(bound)} (the baseline met it)")
-    answered = [s for s in shared if s not in b_err | c_err]
-    speed = compare_speed(b.cell, c.cell, [b.rows[s] for s in answered], [c.rows[s] for s in answered],
+    answered = np.flatnonzero(~(b_failed | c_failed)).tolist()
+    speed = compare_speed(b.cell, c.cell, [b_rows[i] for i in answered], [c_rows[i] for i in answered],
                           list(b.rows.values()), list(c.rows.values()), factor=factor)
     regression = bool(reasons)
     inconclusive = not regression and gate["verdict"] == INCONCLUSIVE

@@ -76,28 +76,61 @@ def judge(base: float | None, cand: float | None, *, lower_is_better: bool, inte
     return out
 
 
+_NUMBERS = {float, int, bool}
+
+
+def _column(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """A field of every row as floats, and where it is a number at all (a bool counts, as isinstance says);
+    plain numbers and None convert in one numpy call."""
+    raw = [r.get(key) for r in rows]
+    types = set(map(type, raw))
+    if types <= _NUMBERS | {type(None)}:
+        try:
+            return (np.array(raw, dtype=float),
+                    np.ones(len(raw), dtype=bool) if type(None) not in types
+                    else np.array([v is not None for v in raw], dtype=bool))
+        except OverflowError:
+            pass
+    nums = [float(v) if isinstance(v, (int, float)) else None for v in raw]
+    return (np.array([math.nan if v is None else v for v in nums], dtype=float),
+            np.array([v is not None for v in nums], dtype=bool))
+
+
 def _pairs(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    keep = [(b[key], c[key]) for b, c in zip(b_rows, c_rows)
-            if isinstance(b.get(key), (int, float)) and isinstance(c.get(key), (int, float))]
-    arr = np.asarray(keep, dtype=float).reshape(-1, 2)
-    return arr[:, 0], arr[:, 1]
+    """The field on both sides of the aligned rows, where both sides have a number."""
+    n = min(len(b_rows), len(c_rows))
+    (x, xk), (y, yk) = _column(b_rows[:n], key), _column(c_rows[:n], key)
+    keep = xk & yk
+    return x[keep], y[keep]
+
+
+def _decode_side(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded tokens after the first and decode seconds per row, NaN where either is missing or not positive."""
+    comp = [r.get("completion_tokens") for r in rows]
+    if set(map(type, comp)) <= {int, type(None)}:
+        tok = np.array([c or 0 for c in comp], dtype=float) - 1
+    else:
+        tok = np.array([(c or 0) - 1 for c in comp], dtype=float)
+    sec, has = _column(rows, "decode_s")
+    with np.errstate(invalid="ignore"):
+        ok = (tok > 0) & has & (sec > 0)
+    return np.where(ok, tok, math.nan), np.where(ok, sec, math.nan)
 
 
 def _decode_parts(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]]) -> np.ndarray:
     """Per shared sample: decoded tokens after the first and decode seconds, for each side (n x 4)."""
-    out = []
-    for b, c in zip(b_rows, c_rows):
-        parts: list[float] = []
-        for r in (b, c):
-            tok, sec = (r.get("completion_tokens") or 0) - 1, r.get("decode_s")
-            parts += [tok, sec] if tok > 0 and isinstance(sec, (int, float)) and sec > 0 else [math.nan, math.nan]
-        if not any(math.isnan(p) for p in parts):
-            out.append(parts)
-    return np.asarray(out, dtype=float).reshape(-1, 4)
+    n = min(len(b_rows), len(c_rows))
+    (bt, bs), (ct, cs) = _decode_side(b_rows[:n]), _decode_side(c_rows[:n])
+    d = np.stack([bt, bs, ct, cs], axis=1) if n else np.zeros((0, 4))
+    return d[~np.isnan(d).any(axis=1)].reshape(-1, 4)
 
 
 def _peak(rows: list[dict[str, Any]], key: str) -> float | None:
-    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    raw = [r.get(key) for r in rows]
+    if set(map(type, raw)) <= _NUMBERS | {type(None)}:
+        vals = [v for v in raw if v is not None]
+    else:
+        vals = [v for v in raw if isinstance(v, (int, float))]
     return max(vals) if vals else None
 
 
@@ -112,8 +145,8 @@ def compare_speed(b_cell: dict[str, Any], c_cell: dict[str, Any], b_rows: list[d
     x, y = _pairs(b_rows, c_rows, "latency_s")
     lat = judge(np.percentile(x, 95) if x.size else None, np.percentile(y, 95) if y.size else None,
                 lower_is_better=True, factor=factor, comparable=comparable,
-                interval=paired_interval(x.size, lambda i: np.percentile(y[i], 95, axis=1)
-                                         - np.percentile(x[i], 95, axis=1)))
+                interval=paired_interval(x.size, lambda i: np.percentile(y[i], 95, axis=1, overwrite_input=True)
+                                         - np.percentile(x[i], 95, axis=1, overwrite_input=True)))
     lat["n"] = int(x.size)
     d = _decode_parts(b_rows, c_rows)
 

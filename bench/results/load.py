@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from bench.errors import UserInputError
 from bench.results.rows import RunManifest, RunSummary, SampleRow, validate_manifest
-from bench.results.store import RunDir, find_runs, iter_samples, read_json
+from bench.results.store import RunDir, find_runs, read_json, read_samples
 
 Row = dict[str, Any]
 
@@ -109,8 +110,17 @@ def merge(runs: list[Run]) -> dict[str, CellRows]:
     cells: dict[str, CellRows] = {}
     where: dict[str, tuple[int, int]] = {}
     for i, run in enumerate(runs):
-        for line, r in enumerate(run.rows):
-            cid = r["cell_id"]
+        rows = run.rows
+        if not rows:
+            continue
+        cids = list(map(itemgetter("cell_id"), rows))
+        sids = list(map(itemgetter("sample_id"), rows))
+        if not all(type(s) is str for s in sids):
+            sids = [str(s) for s in sids]
+        # rows of one cell come in long stretches: the cell is looked up once per stretch, its rows stored at once
+        starts = [0] + [k for k, (a, b) in enumerate(zip(cids, cids[1:]), 1) if a != b] + [len(rows)]
+        for line, end in zip(starts, starts[1:]):
+            cid, r = cids[line], rows[line]
             c = cells.get(cid)
             if c is None:
                 c = cells[cid] = CellRows(cell_id=cid, cell=r["cell"])
@@ -118,7 +128,7 @@ def merge(runs: list[Run]) -> dict[str, CellRows]:
                 c.run, c.cell = run, r["cell"]
                 c.wrote.append(run)
                 where[cid] = (i, line)
-            c.rows[str(r["sample_id"])] = r
+            c.rows.update(zip(sids[line:end], rows[line:end]))
     return {cid: cells[cid] for cid in sorted(cells, key=where.__getitem__)}
 
 
@@ -163,7 +173,7 @@ def load_run(run: RunDir, lean: bool = False) -> Run:
     """One run directory: manifest validated, rows read (a torn last line skipped, a bad line an exit-2 error)."""
     doc = run.manifest()
     return Run(dir=run, manifest=validate_manifest(doc, str(run.manifest_path)),
-               rows=list(iter_samples(run.samples_path, lean=lean)))
+               rows=read_samples(run.samples_path, lean=lean))
 
 
 def load_runs(paths: list[str | Path], *, lean: bool = False, need_suite_name: bool = True) -> Results:

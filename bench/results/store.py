@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import secrets
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -70,24 +72,40 @@ def check_row(row: Any, path: Path, line: int) -> dict[str, Any]:
 
 
 # The bulky per-token fields, cut from a line before parsing when the reader does not need them (`lean`).
-# A quoted key followed by ':' cannot occur inside a JSON string (its quotes would be escaped there).
-_BULKY = re.compile(rb'"(?:timings|token_logprobs)"\s*:\s*(?:\{[^{}]*\}|\[[^\[\]]*\])')
+# A quoted key followed by ':' cannot occur inside a JSON string (its quotes would be escaped there); a value
+# never spans lines, so the cut stops at a newline even when it is applied to many lines at once. (The literal
+# '"t' up front lets the regex engine skip ahead to candidates.)
+_BULKY = re.compile(rb'"t(?:imings|oken_logprobs)"[ \t\r]*:[ \t\r]*(?:\{[^{}\n]*\}|\[[^\[\]\n]*\])')
+_CHUNK = 1 << 20  # bytes of whole lines parsed in one orjson call
 
 
-def iter_jsonl(path: Path, check: Any = None, lean: bool = False) -> Iterator[dict[str, Any]]:
-    """Read an append-only JSONL file of this run directory; a torn last line (a kill mid-write) is skipped, any
-    other bad line is an exit-2 error naming the file and line. `check(row, path, line)` validates each row;
-    `lean` drops `timings` and `token_logprobs` before parsing, which makes big files several times faster."""
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while rows are parsed: parsed JSON holds no cycles, and with a million
+    rows alive each collection walks them all, which doubles the time to parse them."""
+    was = gc.isenabled()
+    gc.disable()
     try:
-        with path.open("rb") as f:
-            lines = f.read().split(b"\n")
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _parse_lines(block: bytes, first: int, final: bool, lean: bool) -> tuple[list[Any], int | None]:
+    """Parse a block of lines one by one (the exact path: blank lines skipped, a torn final line dropped): the
+    (line, row) pairs up to the first line that is not JSON, and that line's number (None when every line is).
+    `final`: the block's last line is the file's last, with no newline."""
+    lines = block.split(b"\n")
+    with _no_gc():
+        return _parse_split(lines, first, final, lean)
+
+
+def _parse_split(lines: list[bytes], first: int, final: bool, lean: bool) -> tuple[list[Any], int | None]:
     loads, cut = orjson.loads, _BULKY.sub
-    for i, raw in enumerate(lines, 1):
-        if not raw.strip():
+    out: list[Any] = []
+    for i, raw in enumerate(lines):
+        if not raw or raw.isspace():  # (strip() would copy every line)
             continue
         try:
             row = loads(cut(b'"_": null', raw)) if lean else loads(raw)
@@ -95,22 +113,129 @@ def iter_jsonl(path: Path, check: Any = None, lean: bool = False) -> Iterator[di
             try:
                 row = loads(raw)  # a line the cut could not handle: parse it whole
             except ValueError:
-                if i == len(lines):  # the final line without its newline: an interrupted write
+                if final and i == len(lines) - 1:  # the final line without its newline: an interrupted write
                     continue
-                raise UserInputError(f"line {i} is not valid JSON", file=str(path)) from None
+                return out, first + i
         if lean and type(row) is dict:
             row.pop("_", None)
-        if check is not None:
-            row = check(row, path, i)
-        elif not isinstance(row, dict):
-            raise UserInputError(f"line {i}: expected a JSON object, got a JSON {type(row).__name__}",
-                                 file=str(path))
-        yield row
+        out.append((first + i, row))
+    return out, None
+
+
+def _parse_block(block: bytes, n: int, lean: bool) -> list[Any] | None:
+    """`n` whole lines (each ending in a newline) parsed as one JSON array in one orjson call, or None when that
+    cannot be done exactly (a blank or bad line, a line holding other than one value)."""
+    body = _BULKY.sub(b'"_": null', block) if lean else block
+    try:
+        with _no_gc():  # each newline becomes a comma; the 0 after the last one is dropped again
+            rows = orjson.loads(b"".join((b"[", body.replace(b"\n", b","), b"0]")))
+    except ValueError:
+        return None
+    if len(rows) != n + 1:
+        return None
+    rows.pop()
+    if lean:
+        for row in rows:
+            if type(row) is dict:
+                row.pop("_", None)
+    return rows
+
+
+def iter_jsonl(path: Path, check: Any = None, lean: bool = False) -> Iterator[dict[str, Any]]:
+    """Read an append-only JSONL file of this run directory; a torn last line (a kill mid-write) is skipped, any
+    other bad line is an exit-2 error naming the file and line. `check(row, path, line)` validates each row;
+    `lean` drops `timings` and `token_logprobs` before parsing, which makes big files several times faster.
+
+    Whole lines are parsed in blocks of about _CHUNK bytes, one orjson call each; a block that does not parse
+    as exactly one JSON value per line, or whose rows fail `check`, is read again line by line, so errors and
+    the rows kept are those of reading line by line."""
+    try:
+        with path.open("rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    end = data.rfind(b"\n") + 1  # data[:end] is whole lines; what follows is a final line without its newline
+    start, line = 0, 1
+    while start < len(data):
+        if start < end:
+            stop = data.find(b"\n", min(start + _CHUNK, end - 1)) + 1
+            block, final = data[start:stop], False
+        else:
+            stop, block, final = len(data), data[start:], True
+        n = block.count(b"\n")
+        parsed = None if final else _parse_block(block, n, lean)
+        rows = _checked_block(parsed, line, path, check) if parsed is not None else None
+        if rows is None:
+            pairs, bad = _parse_lines(block, line, final, lean)
+            rows = _checked(pairs, path, check, exact=True)  # a bad row before the bad line is the error
+            if bad is not None:
+                raise UserInputError(f"line {bad} is not valid JSON", file=str(path))
+        assert rows is not None
+        yield from rows
+        line += n
+        start = stop
+
+
+def _checked_block(rows: list[Any], first: int, path: Path, check: Any) -> list[dict[str, Any]] | None:
+    """A block's rows, checked: current-version sample rows (samples.jsonl as the runner writes it) pass type
+    tests inline, with no call per row; any other row goes through `_checked`."""
+    if check is _fast_check:
+        version = SCHEMA_VERSION
+        for row in rows:
+            if type(row) is dict:
+                v, sid = row.get("schema_version"), row.get("sample_id")
+                if type(v) is int and v == version and type(row.get("cell")) is dict \
+                        and type(row.get("cell_id")) is str and (type(sid) is str or type(sid) is int):
+                    continue
+            break
+        else:
+            return rows
+    elif check is None and all(type(row) is dict for row in rows):
+        return rows
+    return _checked(list(enumerate(rows, first)), path, check)
+
+
+def _checked(pairs: list[Any], path: Path, check: Any, exact: bool = False) -> list[dict[str, Any]] | None:
+    """The rows after `check` (or the object test); None where a row fails and this is not the exact pass."""
+    out = []
+    try:
+        for i, row in pairs:
+            if check is not None:
+                row = check(row, path, i)
+            elif not isinstance(row, dict):
+                raise UserInputError(f"line {i}: expected a JSON object, got a JSON {type(row).__name__}",
+                                     file=str(path))
+            out.append(row)
+    except UserInputError:
+        if exact:
+            raise
+        return None
+    return out
+
+
+def _fast_check(row: Any, path: Path, line: int) -> dict[str, Any]:
+    """check_row with the common case first: a current-version row with the right key types passes after a few
+    type tests (no call, no migration); anything else goes through check_row for its migration or its error."""
+    if type(row) is dict:
+        version, sid = row.get("schema_version"), row.get("sample_id")
+        if type(version) is int and version == SCHEMA_VERSION and type(row.get("cell")) is dict \
+                and type(row.get("cell_id")) is str and (type(sid) is str or type(sid) is int):
+            return row
+    return check_row(row, path, line)
 
 
 def iter_samples(path: Path, lean: bool = False) -> Iterator[dict[str, Any]]:
     """Read samples.jsonl; a torn last line (a kill mid-write) is skipped, any other bad line is an error."""
-    return iter_jsonl(path, check_row, lean)
+    return iter_jsonl(path, _fast_check, lean)
+
+
+def read_samples(path: Path, lean: bool = False) -> list[dict[str, Any]]:
+    """Every row of samples.jsonl as iter_samples reads it, with the garbage collector paused for the whole read
+    (paused per block only, it wakes after each one and walks every row read so far, again and again)."""
+    with _no_gc():
+        return list(iter_samples(path, lean))
 
 
 class SampleWriter:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -91,74 +93,129 @@ class Calibrated:
         return idx[0] if idx else None
 
 
-def _value(row: dict[str, Any]) -> float:
-    if row.get("error"):
-        return 0.0  # a router must answer every request: a failed one counts as wrong
-    s = row.get("score")
-    return float(s) if isinstance(s, (int, float)) and math.isfinite(s) else math.nan
-
-
 def _num(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else math.nan
 
 
-def _tier_mean(rows: list[dict[str, Any]], key: str) -> float:
-    vals = [_num(r.get(key)) for r in rows if not r.get("error")]
-    vals = [v for v in vals if not math.isnan(v)]
-    return sum(vals) / len(vals) if vals else math.nan
+_NUMERIC = {float, int, type(None)}  # what np.array(..., dtype=float) converts as float() does (None: NaN)
 
 
-def _split(tiers: list[Tier], ids: list[str], basis: str) -> Split:
-    k, n = len(tiers), len(ids)
-    value = np.full((k, n), np.nan)
-    verified = np.zeros((k, n), dtype=bool)
-    conf = np.full((k, n), np.nan)
-    cost_usd = np.full((k, n), np.nan)
-    latency = np.zeros((k, n))
-    cost_fill = np.zeros((k, n))
-    for i, t in enumerate(tiers):
-        all_rows = list(t.rows.values())
-        mean_cost, mean_lat = _tier_mean(all_rows, "cost_usd"), _tier_mean(all_rows, "latency_s")
-        for j, sid in enumerate(ids):
-            r = t.rows[sid]
-            value[i, j] = _value(r)
-            verified[i, j] = bool(r.get("verified")) and not r.get("error")
-            conf[i, j] = _num(r.get("confidence"))
-            cost_usd[i, j] = _num(r.get("cost_usd"))
-            lat = _num(r.get("latency_s"))
-            latency[i, j] = lat if not math.isnan(lat) else (mean_lat if not math.isnan(mean_lat) else 0.0)
-            c = cost_usd[i, j]
-            cost_fill[i, j] = c if not math.isnan(c) else (mean_cost if not math.isnan(mean_cost) else 0.0)
+def _floats(vals: list[Any], allow_bool: bool = False) -> np.ndarray:
+    """`_num` of every value as one array: numbers as floats, anything else (bool unless allowed, strings, NaN,
+    infinities) NaN. Plain numbers and None, the usual case, convert in one numpy call."""
+    types = set(map(type, vals))
+    if types <= (_NUMERIC | {bool} if allow_bool else _NUMERIC):
+        try:
+            a = np.array(vals, dtype=float)
+        except OverflowError:  # an integer too large for a float: the slow path says NaN for it
+            pass
+        else:
+            a[~np.isfinite(a)] = np.nan
+            return a
+    if allow_bool:
+        return np.array([float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
+                         for v in vals], dtype=float)
+    return np.array([_num(v) for v in vals], dtype=float)
+
+
+@dataclass
+class _Columns:
+    """One tier's rows on a list of sample ids, as arrays (built once per tier; the splits index them)."""
+
+    value: np.ndarray       # _value of each row
+    error: np.ndarray       # bool
+    verified: np.ndarray    # bool: verified and no error
+    conf: np.ndarray        # _num(confidence)
+    has_conf: np.ndarray    # bool: a confidence was given at all (not None)
+    cost_usd: np.ndarray    # _num(cost_usd)
+    latency: np.ndarray     # _num(latency_s)
+    contention: list[Any]   # the raw contention windows
+    mean_cost: float        # the tier's mean over all its answered rows (shared or not), NaN when none
+    mean_latency: float
+
+
+def _fields(rows: Iterable[dict[str, Any]], keys: tuple[str, ...]) -> list[list[Any]]:
+    """Each key's value in every row (None where a row lacks it), one list per key; rows holding every key, as
+    the runner writes them, are read by C-level passes that make no tuples (with a million rows alive, every
+    container made wakes the garbage collector)."""
+    rows = list(rows)
+    out = []
+    for k in keys:
+        try:
+            out.append(list(map(itemgetter(k), rows)))
+        except KeyError:
+            out.append([r.get(k) for r in rows])
+    return out
+
+
+_KEYS = ("error", "score", "verified", "confidence", "cost_usd", "latency_s", "contention")
+
+
+def _columns(t: Tier, ids: list[str]) -> _Columns:
+    error_, score, verified, raw_conf, cost, latency, contention = _fields(map(t.rows.__getitem__, ids), _KEYS)
+    error = np.array([bool(e) for e in error_], dtype=bool)
+    value = _floats(score, allow_bool=True)
+    value[error] = 0.0  # a router must answer every request: a failed one counts as wrong
+    return _Columns(value=value, error=error, verified=np.array([bool(v) for v in verified], dtype=bool) & ~error,
+                    conf=_floats(raw_conf), has_conf=np.array([c is not None for c in raw_conf], dtype=bool),
+                    cost_usd=_floats(cost), latency=_floats(latency), contention=contention, **_tier_means(t))
+
+
+def _tier_means(t: Tier) -> dict[str, float]:
+    """Mean cost and latency over every answered row of the tier (shared or not), each summed in row order as a
+    Python sum; NaN where there is none."""
+    error, cost, latency = _fields(t.rows.values(), ("error", "cost_usd", "latency_s"))
+    answered = ~np.array([bool(e) for e in error], dtype=bool)
+    out = {}
+    for name, col in (("mean_cost", cost), ("mean_latency", latency)):
+        vals = _floats(col)[answered]
+        kept = vals[~np.isnan(vals)].tolist()
+        out[name] = sum(kept) / len(kept) if kept else math.nan
+    return out
+
+
+def _split(cols: list[_Columns], idx: np.ndarray, ids: list[str], basis: str) -> Split:
+    k, n = len(cols), len(ids)
+
+    def stack(name: str, dtype: Any = float) -> np.ndarray:
+        return np.stack([getattr(c, name)[idx] for c in cols]) if k else np.zeros((0, n), dtype=dtype)
+
+    value, verified, conf, cost_usd = stack("value"), stack("verified", bool), stack("conf"), stack("cost_usd")
+    latency, cost_fill = stack("latency"), cost_usd.copy()
+    for i, c in enumerate(cols):
+        latency[i][np.isnan(latency[i])] = c.mean_latency if not math.isnan(c.mean_latency) else 0.0
+        cost_fill[i][np.isnan(cost_fill[i])] = c.mean_cost if not math.isnan(c.mean_cost) else 0.0
     cost = cost_fill if basis == "usd" else latency
     return Split(ids=ids, value=value, verified=verified, conf=conf, cost=cost, cost_usd=cost_usd, latency=latency)
 
 
-def _stats(task: TaskData, t: Tier, cal_ids: list[str], hold_ids: list[str]) -> TierStats:
-    cal_rows = [t.rows[s] for s in cal_ids]
-    ok = [r for r in cal_rows if not r.get("error")]
-    quality = mean_ci([_value(r) for r in cal_rows])
-    costs = [_num(r.get("cost_usd")) for r in ok]
-    costs = [c for c in costs if not math.isnan(c)]
-    lats = [_num(r.get("latency_s")) for r in ok]
-    lats = [v for v in lats if not math.isnan(v)]
+def _stats(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray, hold: np.ndarray) -> TierStats:
+    values = c.value[cal].tolist()
+    ok = cal[~c.error[cal]]
+    quality = mean_ci(values)
+    costs = c.cost_usd[ok]
+    costs_l = costs[~np.isnan(costs)].tolist()
+    lats = c.latency[ok]
+    lats_l = lats[~np.isnan(lats)].tolist()
     lo = quality["ci_low"]
     enough = quality["n"] >= task.min_samples
     decided = enough and lo is not None and lo >= task.target
-    needed = None if decided else samples_to_decide([_value(r) for r in cal_rows], task.target)
+    needed = None if decided else samples_to_decide(list(values), task.target)
     if needed is not None:
         needed = max(needed, task.min_samples)
     return TierStats(
-        tier=t, quality=quality, quality_holdout=mean_ci([_value(t.rows[s]) for s in hold_ids]),
-        cost_per_1k_usd=sum(costs) / len(costs) * 1000 if costs else None,
-        latency_mean_s=sum(lats) / len(lats) if lats else None, latency_p95_s=percentile(lats, 95),
+        tier=t, quality=quality, quality_holdout=mean_ci(c.value[hold].tolist()),
+        cost_per_1k_usd=sum(costs_l) / len(costs_l) * 1000 if costs_l else None,
+        latency_mean_s=sum(lats_l) / len(lats_l) if lats_l else None, latency_p95_s=percentile(lats_l, 95),
         meets_target=decided, samples_needed=needed,
-        contended=_contended(ok),
-        confidence_available=any(r.get("confidence") is not None for r in ok),
-        errors=sum(1 for r in cal_rows if r.get("error")))
+        contended=_contended([c.contention[i] for i in ok.tolist()]),
+        confidence_available=bool(c.has_conf[ok].any()),
+        errors=int(c.error[cal].sum()))
 
 
-def _contended(rows: list[dict[str, Any]]) -> bool | None:
-    windows = [r["contention"] for r in rows if isinstance(r.get("contention"), dict)]
+def _contended(contention: list[Any]) -> bool | None:
+    """Whether other processes took CPU in more than a tenth of the answered samples' windows (None: unmeasured)."""
+    windows = [w for w in contention if isinstance(w, dict)]
     return sum(bool(w.get("contended")) for w in windows) / len(windows) > 0.1 if windows else None
 
 
@@ -189,7 +246,10 @@ def calibrate(task: TaskData) -> Calibrated:
     split_of = {sid: task.tiers[0].rows[sid].get("split") for sid in ids}
     cal_ids = [s for s in ids if split_of[s] == "calibration"]
     hold_ids = [s for s in ids if split_of[s] == "holdout"]
-    stats = [_stats(task, t, cal_ids, hold_ids) for t in task.tiers]
+    cal_idx = np.array([i for i, s in enumerate(ids) if split_of[s] == "calibration"], dtype=np.intp)
+    hold_idx = np.array([i for i, s in enumerate(ids) if split_of[s] == "holdout"], dtype=np.intp)
+    columns = {id(t): _columns(t, ids) for t in task.tiers}
+    stats = [_stats(task, t, columns[id(t)], cal_idx, hold_idx) for t in task.tiers]
     for s in stats:
         s.excluded_because = _exclusions(task, s)
     pool = [s for s in stats if s.eligible] or stats
@@ -211,5 +271,6 @@ def calibrate(task: TaskData) -> Calibrated:
 
     stats.sort(key=key)
     ordered = [s.tier for s in stats]
-    return Calibrated(task=task, tiers=stats, basis=basis, cal=_split(ordered, cal_ids, basis),
-                      hold=_split(ordered, hold_ids, basis), notes=notes)
+    cols = [columns[id(t)] for t in ordered]
+    return Calibrated(task=task, tiers=stats, basis=basis, cal=_split(cols, cal_idx, cal_ids, basis),
+                      hold=_split(cols, hold_idx, hold_ids, basis), notes=notes)
