@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.results.summary import busy_s
 from bench.stats import percentile
 
 LOAD_FILE = "load.jsonl"
@@ -56,22 +57,13 @@ def done_levels(path: Path, cell_id: str, n: int) -> set[int]:
     return {level for level, ids in ok.items() if len(ids) >= n}
 
 
-def _busy_s(spans: list[tuple[float, float]]) -> float:
-    total, end = 0.0, float("-inf")
-    for a, b in sorted(spans):
-        if b > end:
-            total += b - max(a, end)
-            end = b
-    return total
-
-
 def level_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One level's pass: throughput over its busy wall time, latency percentiles, cost per 1k requests."""
     ok = [r for r in rows if not r.get("error")]
     spans = [(float(t["t_start"]), float(t["t_start"]) + float(t["t_end"])) for r in ok
              if isinstance((t := r.get("timings") or {}).get("t_start"), (int, float))
              and isinstance(t.get("t_end"), (int, float))]
-    wall = _busy_s(spans)
+    wall = busy_s(spans)
     tokens = sum(r.get("completion_tokens") or 0 for r in ok)
     costs = [r["cost_usd"] for r in ok if isinstance(r.get("cost_usd"), (int, float))]
     lat = [r.get("latency_s") for r in ok]

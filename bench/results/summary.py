@@ -127,7 +127,7 @@ def _load(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
                 and isinstance(t.get("t_end"), (int, float)):
             spans.append((float(t["t_start"]), float(t["t_start"]) + float(t["t_end"])))
             tokens += r.get("completion_tokens") or 0
-    wall = _busy_s(spans)
+    wall = busy_s(spans)
     return {"concurrency": level, "n": len(spans), "wall_s": wall if spans else None,
             "requests_per_s": len(spans) / wall if wall > 0 else None,
             "output_tps": tokens / wall if wall > 0 else None,
@@ -135,7 +135,7 @@ def _load(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "mixed_concurrency": any(int(r.get("concurrency") or 1) != level for r in rows)}
 
 
-def _busy_s(spans: list[tuple[float, float]]) -> float:
+def busy_s(spans: list[tuple[float, float]]) -> float:
     """Seconds covered by the union of (start, end) spans."""
     total, end = 0.0, float("-inf")
     for a, b in sorted(spans):
