@@ -83,3 +83,27 @@ def test_llamacpp_levels_decode_that_many_sequences(tmp_path) -> None:
     assert {lv["level"] for lv in cell["load_levels"]} == {1, 4}
     assert all(lv["requests_per_s"] > 0 and lv["latency_p95_s"] > 0 for lv in cell["load_levels"])
     assert cell["cost_per_1k_usd"] == cell["operating_point"]["cost_per_1k_usd"]
+
+
+def test_thresholds_price_a_swept_cell_at_its_operating_point(fake_suite, tmp_path) -> None:
+    res = tmp_path / "res"
+    assert main(["run", str(fake_suite), "--results", str(res), "--no-probe", "--concurrency", "1,2",
+                 "--isolation", "inline"]) == 0
+    # make the operating point plainly cheaper than one at a time, so the factor cannot pass unapplied
+    path = next(res.rglob("summary.json"))
+    doc = json.loads(path.read_text())
+    for c in doc["cells"]:
+        c["operating_point"]["cost_per_1k_usd"] = c["cost_per_1k_usd"] = c["cost_per_1k_usd_sequential"] / 3
+    path.write_text(json.dumps(doc))
+    summary = {c["cell_id"]: c for c in doc["cells"]}
+    rows = [json.loads(line) for line in next(res.rglob("samples.jsonl")).read_text().splitlines()]
+    out = tmp_path / "routing.json"
+    assert main(["thresholds", str(res), "--target", "tickets=0.5", "-o", str(out)]) in (0, 1)
+    (task,) = json.loads(out.read_text())["tasks"].values()
+    for tier in task["tiers"]:
+        cell = summary[tier["cell"]]
+        assert tier["cost_basis"] == cell["cost_basis"] and tier["cost_basis"].startswith("concurrency")
+        factor = cell["operating_point"]["cost_per_1k_usd"] / cell["cost_per_1k_usd_sequential"]
+        cal = [r["cost_usd"] for r in rows if r["cell_id"] == tier["cell"] and r["split"] == "calibration"
+               and not r["error"]]
+        assert tier["cost_per_1k_usd"] == pytest.approx(sum(cal) / len(cal) * 1000 * factor, rel=1e-4)

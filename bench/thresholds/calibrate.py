@@ -158,7 +158,8 @@ def _columns(t: Tier, ids: list[str]) -> _Columns:
     value[error] = 0.0  # a router must answer every request: a failed one counts as wrong
     return _Columns(value=value, error=error, verified=np.array([bool(v) for v in verified], dtype=bool) & ~error,
                     conf=_floats(raw_conf), has_conf=np.array([c is not None for c in raw_conf], dtype=bool),
-                    cost_usd=_floats(cost), latency=_floats(latency), contention=contention, **_tier_means(t))
+                    cost_usd=_floats(cost) * t.cost_factor, latency=_floats(latency), contention=contention,
+                    **_tier_means(t))
 
 
 def _tier_means(t: Tier) -> dict[str, float]:
@@ -171,6 +172,7 @@ def _tier_means(t: Tier) -> dict[str, float]:
         vals = _floats(col)[answered]
         kept = vals[~np.isnan(vals)].tolist()
         out[name] = sum(kept) / len(kept) if kept else math.nan
+    out["mean_cost"] *= t.cost_factor  # the operating point's price, where the cell was timed at several levels
     return out
 
 

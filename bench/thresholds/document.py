@@ -126,7 +126,7 @@ def _tiers(cal: Calibrated, choice: Choice) -> list[dict[str, Any]]:
             "samples_needed": s.samples_needed, "contended": s.contended,
             "accept_if": _accept_if(cal, choice, i), "locality": t.locality, "eligible": s.eligible,
             "excluded_because": s.excluded_because or None, "confidence_available": s.confidence_available,
-            "errors": s.errors,
+            "errors": s.errors, "cost_basis": t.cost_basis,
             "runtime": {"backend": t.backend, "model": t.cell.get("model"), "quantization": t.cell.get("quantization"),
                         "chat": t.chat, "model_ref": t.model_ref, "usd_per_hour": t.usd_per_hour},
         })

@@ -26,6 +26,8 @@ class Tier:
     chat: bool
     model_ref: dict[str, Any] | None         # the suite's model entry when it has its own source
     run_id: str
+    cost_factor: float = 1.0                 # operating point's cost over the one-at-a-time cost (bench/sweep.py)
+    cost_basis: str | None = None            # which of the two each request is priced at, in words
 
 
 @dataclass
@@ -166,7 +168,7 @@ def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95:
         tiers.append(Tier(cell_id=cid, cell=cell, rows=rows, backend=backend, locality=locality,
                           usd_per_hour=hourly, chat=_chat(backend, entry, cell.get("model", "")),
                           model_ref=_scrub(entry) if entry and entry.get("source") else None,
-                          run_id=merged.run_id))
+                          run_id=merged.run_id, **_operating_point(merged.run, cid)))
     target: Any = targets.get(name, suite.get("target"))
     target_source = "--target" if name in targets else "suite"
     if not isinstance(target, (int, float)):
@@ -196,3 +198,18 @@ def gather(paths: list[str | Path], targets: dict[str, float] | None = None,
             raise UserInputError(f"no runs of task {name!r}; tasks found: {', '.join(sorted(by_name))}",
                                  field="--target", hint=did_you_mean(name, by_name))
     return [_build_task(name, by_name[name], targets, max_p95) for name in sorted(by_name)]
+
+
+def _operating_point(run: Any, cell_id: str) -> dict[str, Any]:
+    """A cell timed at several concurrency levels (`bench run --concurrency`) is priced at its operating point:
+    each request's one-at-a-time cost scaled by the summary's operating-point cost over its sequential cost."""
+    summary = run.summary() if run is not None else None
+    cell = next((c for c in (summary or {}).get("cells") or [] if isinstance(c, dict)
+                 and c.get("cell_id") == cell_id), None)
+    if cell is None:
+        return {}
+    point, seq, basis = cell.get("operating_point"), cell.get("cost_per_1k_usd_sequential"), cell.get("cost_basis")
+    if not isinstance(point, dict) or not point.get("cost_per_1k_usd") or not seq:
+        return {"cost_basis": basis}
+    return {"cost_factor": float(point["cost_per_1k_usd"]) / float(seq), "cost_basis": basis}
+
