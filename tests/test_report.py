@@ -14,9 +14,10 @@ from conftest_report import XSS_ERROR, XSS_INPUT, XSS_OUTPUT, make_results, rout
 from bench.cli import main
 from bench.errors import UserInputError
 from bench.report import build_report, load_report_data
-from bench.report.data import frontier, quant_deltas, read_samples, thin
+from bench.report.data import frontier, quant_deltas, thin
 from bench.report.html import build_page, script_json
 from bench.results.schema import cell_id
+from bench.results.store import read_samples
 
 SECTIONS = ('id="overview"', 'id="task-1"', 'id="examples"', "Quality against cost",
             "The quality each quantization costs", "Speed", "Memory", "Latency distributions", "Example answers")

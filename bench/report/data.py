@@ -15,7 +15,6 @@ from bench.errors import UserInputError
 from bench.results.derive import suite_summary
 from bench.results.load import SuiteRuns, latest_rows, load_runs
 from bench.results.schema import cell_label
-from bench.results.store import iter_samples
 from bench.routing_file import RoutingDoc
 from bench.stats import paired_bootstrap_diff
 
@@ -186,12 +185,6 @@ def _add_cell(c: dict[str, Any], rows: list[dict[str, Any]], task: str, run_id: 
     data.dists[key] = {"ttft": thin(ttft), "latency": thin(lat)}
     data.scores[key] = scores
     outputs[key] = outs
-
-
-def read_samples(path: Path, lean: bool = False) -> list[dict[str, Any]]:
-    """samples.jsonl as store.iter_samples reads it (a torn last line skipped); `lean` drops the per-token
-    timings and log-probabilities first, which makes 100k rows several times faster to parse."""
-    return list(iter_samples(path, lean=lean))
 
 
 def _higher_is_better(kind: Any) -> bool:
