@@ -76,7 +76,7 @@ def environment() -> dict[str, Any]:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions}
 
 
-def _spawn_cell(plan: CellPlan, requests: list[Request], on_event: Any, isolation: str, parallel: int = 1) -> None:
+def spawn_cell(plan: CellPlan, requests: list[Request], on_event: Any, isolation: str, parallel: int = 1) -> None:
     """Run one cell, in a child process (default) or inline; events stream back as they happen.
 
     The child is a fresh interpreter (`python -m bench.worker`): its peak memory is its own, and a crash,
@@ -450,7 +450,7 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
             run_cell_on_cluster(cluster, plan.cell["hardware"], plan.backend.model_dump(), spec, requests, on_event,
                                 state["written"], suite.generation.parallel)
         else:
-            _spawn_cell(plan, requests, on_event, isolation, suite.generation.parallel)
+            spawn_cell(plan, requests, on_event, isolation, suite.generation.parallel)
     if len(state["written"]) < len(todo):
         write_error("cell ended without an answer for this sample")
     log.finish(len(state["written"]), state["tokens"] / state["decode_s"] if state["decode_s"] else None,

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.results.summary import busy_s
+from bench.results.summary import contention, throughput
 from bench.stats import percentile
 
 LOAD_FILE = "load.jsonl"
@@ -46,34 +46,33 @@ def level_settings(backend: Any, level: int) -> tuple[Any, int]:
     return backend, level
 
 
-def done_levels(path: Path, cell_id: str, n: int) -> set[int]:
-    """Levels of this cell that load.jsonl already holds a whole, error-free pass of (`n` samples)."""
+def done_levels(path: Path, n: int) -> dict[str, set[int]]:
+    """cell_id -> the levels load.jsonl already holds a whole, error-free pass of (`n` samples) for."""
     from bench.results.store import iter_jsonl
 
-    ok: dict[int, set[str]] = defaultdict(set)
+    ok: dict[tuple[str, int], set[str]] = defaultdict(set)
     for r in iter_jsonl(path):
-        if r.get("cell_id") == cell_id and not r.get("error"):
-            ok[int(r.get("level") or 1)].add(str(r.get("sample_id")))
-    return {level for level, ids in ok.items() if len(ids) >= n}
+        if not r.get("error"):
+            ok[(str(r.get("cell_id")), int(r.get("level") or 1))].add(str(r.get("sample_id")))
+    done: dict[str, set[int]] = defaultdict(set)
+    for (cell_id, level), ids in ok.items():
+        if len(ids) >= n:
+            done[cell_id].add(level)
+    return done
 
 
 def level_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One level's pass: throughput over its busy wall time, latency percentiles, cost per 1k requests."""
     ok = [r for r in rows if not r.get("error")]
-    spans = [(float(t["t_start"]), float(t["t_start"]) + float(t["t_end"])) for r in ok
-             if isinstance((t := r.get("timings") or {}).get("t_start"), (int, float))
-             and isinstance(t.get("t_end"), (int, float))]
-    wall = busy_s(spans)
-    tokens = sum(r.get("completion_tokens") or 0 for r in ok)
+    speed = throughput(ok)
     costs = [r["cost_usd"] for r in ok if isinstance(r.get("cost_usd"), (int, float))]
     lat = [r.get("latency_s") for r in ok]
-    windows = [r["contention"] for r in ok if isinstance(r.get("contention"), dict)]
     return {"level": int(rows[0].get("level") or 1), "n": len(rows), "errors": len(rows) - len(ok),
-            "wall_s": wall or None, "requests_per_s": len(spans) / wall if wall > 0 else None,
-            "output_tps": tokens / wall if wall > 0 else None,
+            "wall_s": speed["wall_s"] or None, "requests_per_s": speed["requests_per_s"],
+            "output_tps": speed["output_tps"],
             "latency_p50_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95),
             "cost_per_1k_usd": sum(costs) / len(costs) * 1000 if costs else None,
-            "contended": (sum(bool(w.get("contended")) for w in windows) / len(windows) > 0.1) if windows else None}
+            "contended": contention(ok)["contended"]}
 
 
 def operating_point(levels: list[dict[str, Any]], budget_s: float | None) -> dict[str, Any]:
@@ -134,7 +133,7 @@ def run_levels(suite: Any, plans: list[Any], samples: list[Any], run: Any, isola
     from bench.records import make_row
     from bench.results.schema import cell_label
     from bench.results.store import SampleWriter
-    from bench.runner import _spawn_cell, build_requests
+    from bench.runner import build_requests, spawn_cell
 
     levels = suite.load.concurrency
     if not levels:
@@ -142,10 +141,11 @@ def run_levels(suite: Any, plans: list[Any], samples: list[Any], run: Any, isola
     subset = sorted(samples, key=lambda s: s.id)[:suite.load.timing_samples]
     by_id = {s.id: s for s in subset}
     path = run.path / LOAD_FILE
+    complete = done_levels(path, len(subset))
     writer = SampleWriter(path)
     try:
         for plan in plans:
-            todo = [lv for lv in levels if lv not in done_levels(path, plan.cell_id, len(subset))]
+            todo = [lv for lv in levels if lv not in complete[plan.cell_id]]
             if not todo or not prepare(plan):
                 continue
             for level in todo:
@@ -168,6 +168,6 @@ def run_levels(suite: Any, plans: list[Any], samples: list[Any], run: Any, isola
                     elif kind == "fatal" and not quiet:
                         console.print(f"{cell_label(plan.cell)} at concurrency {level}: {payload}", markup=False)
 
-                _spawn_cell(at, build_requests(suite, subset, plan.chat), on_event, isolation, parallel)
+                spawn_cell(at, build_requests(suite, subset, plan.chat), on_event, isolation, parallel)
     finally:
         writer.close()

@@ -94,7 +94,7 @@ def summarize_cell(rows: list[dict[str, Any]], extra: dict[str, Any] | None = No
         "bandwidth_utilization": None,
         "decode_ceiling_tps": None,
         "harness_s_per_token": _harness_per_token(ok),
-        **_contention(ok),
+        **contention(ok),
         "load": _load(ok),
         "latency_raw_s": [d["latency_s"] for d in derived],
         "ttft_raw_s": [d["ttft_s"] for d in derived],
@@ -119,20 +119,25 @@ def _load(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     level = max((int(r.get("concurrency") or 1) for r in rows), default=1)
     if level <= 1:
         return None
+    return {"concurrency": level, **throughput([r for r in rows if int(r.get("concurrency") or 1) == level]),
+            "per_request": f"latency, TTFT and token times measured under load: {level} requests in flight",
+            "mixed_concurrency": any(int(r.get("concurrency") or 1) != level for r in rows)}
+
+
+def throughput(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Requests and output tokens per second over the busy wall time of `rows` (the union of their spans from
+    absolute timestamps, so a pause between two passes is not counted); `n` counts the rows with timestamps."""
     spans = []
     tokens = 0
     for r in rows:
         t = r.get("timings") or {}
-        if int(r.get("concurrency") or 1) == level and isinstance(t.get("t_start"), (int, float)) \
-                and isinstance(t.get("t_end"), (int, float)):
+        if isinstance(t.get("t_start"), (int, float)) and isinstance(t.get("t_end"), (int, float)):
             spans.append((float(t["t_start"]), float(t["t_start"]) + float(t["t_end"])))
             tokens += r.get("completion_tokens") or 0
     wall = busy_s(spans)
-    return {"concurrency": level, "n": len(spans), "wall_s": wall if spans else None,
+    return {"n": len(spans), "wall_s": wall if spans else None,
             "requests_per_s": len(spans) / wall if wall > 0 else None,
-            "output_tps": tokens / wall if wall > 0 else None,
-            "per_request": f"latency, TTFT and token times measured under load: {level} requests in flight",
-            "mixed_concurrency": any(int(r.get("concurrency") or 1) != level for r in rows)}
+            "output_tps": tokens / wall if wall > 0 else None}
 
 
 def busy_s(spans: list[tuple[float, float]]) -> float:
@@ -145,7 +150,7 @@ def busy_s(spans: list[tuple[float, float]]) -> float:
     return total
 
 
-def _contention(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def contention(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Whether other processes took CPU while the cell ran: its timings and cost are then not to be trusted."""
     windows = [r["contention"] for r in rows if isinstance(r.get("contention"), dict)]
     if not windows:
