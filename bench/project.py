@@ -32,7 +32,7 @@ def _share(value: Any, flag: str) -> float | None:
         return None
     v = float(value)
     if not 0 < v <= 1:
-        raise UserInputError(f"{flag} {v:g}: expected a share of the ceiling in (0, 1]", field=flag)
+        raise UserInputError(f"{v:g}: expected a share of the ceiling in (0, 1]", field=flag)
     return v
 
 

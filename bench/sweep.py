@@ -32,7 +32,7 @@ def parse_levels(text: str) -> list[int]:
     except ValueError:
         levels = []
     if not levels or levels[0] < 1 or levels[-1] > MAX_PARALLEL:
-        raise UserInputError(f"--concurrency {text!r}: expected whole numbers from 1 to {MAX_PARALLEL}, comma "
+        raise UserInputError(f"{text!r}: expected whole numbers from 1 to {MAX_PARALLEL}, comma "
                              "separated (e.g. 1,4,8)", field="--concurrency")
     return levels
 
