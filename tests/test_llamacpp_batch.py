@@ -50,12 +50,21 @@ class FakeEngine:
         self.prepared = 0  # prompts the scheduler has asked for so far
         self.calls = 0
         self.fail_at_step = fail_at_step
+        self.copied: list[tuple[int, int]] = []
+        self.step_order: list[list[int]] = []  # the sequence ids of each multi-sequence step, in batch order
 
     def clear(self, seq: int, keep: int) -> bool:
         del self.cells[seq][keep:]
         return True
 
+    def copy(self, src: int, dst: int) -> bool:
+        self.cells[dst] = list(self.cells[src])
+        self.copied.append((src, dst))
+        return True
+
     def decode(self, items: Sequence[Item]) -> None:
+        if len(items) > 1 and len({seq for seq, *_ in items}) == len(items):
+            self.step_order.append([seq for seq, *_ in items])
         if self.fail_at_step is not None and len({seq for seq, *_ in items}) > 1:
             self.calls += 1  # multi-sequence decode steps, counted for the fault
             if self.calls == self.fail_at_step:
@@ -161,6 +170,28 @@ def test_continuous_batching_keeps_the_batch_full() -> None:
     assert waiting and all(size == 3 for size in waiting)
     # results arrive in finishing order, not in request order, once they run side by side
     assert [g.request_id for g in gens] != [r.id for r in reqs]
+
+
+def test_steps_list_sequences_in_slot_order() -> None:
+    # llama.cpp's per-sequence KV streams put only consecutive sequence ids in one micro-batch
+    engine = FakeEngine(4)
+    _, gens = run(engine, requests(14))
+    assert len(gens) == 14 and engine.step_order
+    assert all(order == sorted(order) for order in engine.step_order)
+    assert any(order == [0, 1, 2, 3] for order in engine.step_order)
+
+
+def test_a_fresh_slot_copies_the_shared_prefix_from_another() -> None:
+    reqs = requests(8)
+    engine = FakeEngine(4)
+    sched, gens = run(engine, reqs)
+    shared = len("You extract fields. sample ")
+    # the first request admitted went into an empty context; every slot after it starts from a copied prefix
+    assert sched.copies >= 3 and {dst for _, dst in engine.copied} >= {1, 2, 3}
+    assert sum((g.cached_tokens or 0) >= shared for g in gens) >= len(gens) - 1
+    for req in reqs:  # answers unchanged: the copy brought the right cells at the right positions
+        g = next(x for x in gens if x.request_id == req.id)
+        assert (g.text, g.completion_tokens, g.finish_reason) == reference(req)
 
 
 def test_failures_stay_with_their_request() -> None:

@@ -140,8 +140,9 @@ class LlamaCppBackend:
             ctx = self.llm._ctx.ctx
             details["batching"] = {"n_seq_max": llama_cpp.llama_n_seq_max(ctx),
                                    "n_ctx_per_seq": llama_cpp.llama_n_ctx_seq(ctx),
-                                   "mode": "continuous; a prompt prefills in its own decode call, then one token per "
-                                           "active sequence per step"}
+                                   "mode": "continuous; a prompt prefills in its own decode call (its shared prefix "
+                                           "copied from another slot where one holds it), then one token per "
+                                           "active sequence per step, in slot order"}
         return LoadInfo(load_s=load_s, model_bytes=self.model.size_bytes, n_threads=self.n_threads, chat=chat,
                         details=details)
 

@@ -11,9 +11,15 @@ How a pass runs:
   request's own. The other sequences wait meanwhile, which their token times show (they are measured under load).
 - Every decode step is one `llama_batch` holding the next token of each active sequence, at that sequence's own
   position; each sequence's logits are read by its index in the batch.
+- Every decode step lists its sequences in slot order. llama.cpp (per-sequence KV streams) puts only consecutive
+  sequence ids in one micro-batch: a step in admission order splits into several micro-batches, each reading all
+  the weights again, and batching then gains nothing.
 - A slot keeps its last request's cells until the next request is admitted to it; then the cells past the prompt
   prefix the two share are removed (`llama_memory_seq_rm`), as the one-at-a-time path reuses its previous
-  prompt. All cells are cleared when the pass ends.
+  prompt. Where another slot holds a longer shared prefix (e.g. the suite's system prompt, when a slot is used
+  for the first time), that slot's stream is copied in first (`llama_memory_seq_cp`: with one KV stream per
+  sequence llama.cpp copies whole streams, a memory copy far cheaper than prefilling the prefix again).
+  All cells are cleared when the pass ends.
 - Stops, log-probabilities, finish reason, token times and the harness's own time are kept per sequence. Token times
   are taken when `llama_decode` returns, before log-softmax, sampling and detokenizing.
 """
@@ -32,6 +38,7 @@ import numpy as np
 from bench.backends.base import Generation, OnResult, Request
 
 Item = tuple[int, int, int, bool]  # (sequence id, token, position, whether its logits are wanted)
+MIN_SHARE = 16  # copy another slot's stream in only for at least this many more prompt tokens
 Prepare = Callable[[Request], tuple[list[int], list[str]]]  # a request's prompt tokens and its template's stops
 
 
@@ -69,6 +76,10 @@ class SeqEngine(Protocol):
 
     def clear(self, seq: int, keep: int) -> bool:
         """Remove the sequence's cells at positions >= keep; False where the engine cannot cut a sequence there."""
+        ...
+
+    def copy(self, src: int, dst: int) -> bool:
+        """Make `dst` hold what `src` holds (its whole stream); False where the engine cannot."""
         ...
 
     def decode(self, items: Sequence[Item]) -> None:
@@ -115,6 +126,7 @@ class BatchScheduler:
         self.n_batch = max(1, n_batch)
         self.cached: list[list[int]] = [[] for _ in range(engine.n_seq)]  # tokens in each slot's cells
         self.step_sizes: list[int] = []  # sequences per decode step (tests read it)
+        self.copies = 0  # prefixes copied in from another slot
 
     # ------------------------------------------------------------------ the pass
     def run(self, requests: list[Request], on_result: OnResult | None = None) -> list[Generation]:
@@ -150,7 +162,7 @@ class BatchScheduler:
 
     def _step(self, active: dict[int, _Seq], done: Callable[[_Seq | Generation, int], None]) -> None:
         """One decode step: each active sequence's next token in one batch."""
-        seqs = list(active.values())
+        seqs = sorted(active.values(), key=lambda s: s.slot)  # consecutive sequence ids: one micro-batch
         items = [(s.slot, s.pending, s.pos, True) for s in seqs]
         self.step_sizes.append(len(items))
         try:
@@ -184,10 +196,7 @@ class BatchScheduler:
         if len(tokens) + req.max_tokens > self.n_ctx:
             gen.error = f"prompt of {len(tokens)} tokens + max_tokens {req.max_tokens} exceeds n_ctx {self.n_ctx}"
             return gen
-        prefix = min(common_prefix(np.asarray(self.cached[slot], dtype=np.int64), tokens), len(tokens) - 1)
-        if not self.engine.clear(slot, prefix):
-            self.engine.clear(slot, 0)
-            prefix = 0
+        prefix = self._reuse(slot, tokens)
         self.cached[slot] = list(tokens[:prefix])
         gen.cached_tokens = prefix
         s = _Seq(slot=slot, req=req, gen=gen, stops=[x for x in list(req.stop) + template_stops if x],
@@ -204,6 +213,21 @@ class BatchScheduler:
         gen.t_prefill_end = time.perf_counter() - s.t0
         self.cached[slot] = list(tokens)
         return s
+
+    def _reuse(self, slot: int, tokens: list[int]) -> int:
+        """Keep in `slot` the longest prompt prefix any slot holds (copying that slot's stream in when it is
+        another's and longer by at least MIN_SHARE tokens); returns how many prompt tokens need no prefill."""
+        limit = len(tokens) - 1  # the last prompt token is always evaluated: its logits give the first token
+        shared = [min(common_prefix(np.asarray(c, dtype=np.int64), tokens), limit) for c in self.cached]
+        prefix, src = shared[slot], max(range(len(shared)), key=lambda i: (shared[i], i == slot))
+        if src != slot and shared[src] - prefix >= MIN_SHARE and self.engine.copy(src, slot):
+            self.cached[slot] = list(self.cached[src])
+            prefix = shared[src]
+            self.copies += 1
+        if not self.engine.clear(slot, prefix):
+            self.engine.clear(slot, 0)
+            prefix = 0
+        return prefix
 
     def _advance(self, s: _Seq, logits: np.ndarray, now: float) -> bool:
         """Sample the sequence's next token from its logits; True when the sequence has finished."""
@@ -264,6 +288,12 @@ class LlamaSeqEngine:
 
     def clear(self, seq: int, keep: int) -> bool:
         return bool(self.lc.llama_memory_seq_rm(self.mem, seq, keep, -1))
+
+    def copy(self, src: int, dst: int) -> bool:
+        # per-sequence streams: llama.cpp copies whole streams only (p0 = p1 = -1); the data moves at the next
+        # llama_decode, before that call's tokens are placed, and dst's cells are src's from now on
+        self.lc.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+        return True
 
     def decode(self, items: Sequence[Item]) -> None:
         if len(items) > self.capacity:
