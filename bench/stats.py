@@ -9,6 +9,8 @@ Quality scores live in [0, 1]. The rules, and the rates the test suite checks th
   at least 97% one-sided for the shapes simulated.
 - zero variance ([1, 1, 1] or [0.8, 0.8]): no interval of zero width; the sum is treated as Clopper-Pearson
   successes, the widest a [0, 1] score of that mean can need.
+- a quantile of latencies (is p95 within a budget?): a distribution-free one-sided upper bound, an order
+  statistic picked by the binomial (quantile_upper_bound); tests/test_operating_point_sim.py checks the rate.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -37,6 +40,44 @@ def clean(values: Sequence[float | None]) -> np.ndarray:
 def percentile(values: Sequence[float | None], q: float) -> float | None:
     arr = clean(values)
     return float(np.percentile(arr, q)) if arr.size else None
+
+
+@lru_cache(maxsize=1024)
+def quantile_upper_rank(n: int, q: float, alpha: float = 0.05) -> int | None:
+    """The smallest 1-based rank k such that the order statistic X_(k) of n i.i.d. values lies at or above their
+    true q-quantile with probability at least 1 - alpha; None when no k <= n does (n too small).
+
+    X_(k) falls below the q-quantile only when at least k of the n values do, and each does with probability at
+    most q (exactly q for a continuous distribution), so P(X_(k) >= quantile) >= P(Binomial(n, q) < k) =
+    binom.cdf(k - 1, n, q), whatever the distribution. Distribution-free: no shape is assumed."""
+    from scipy.stats import binom
+
+    if n < 1 or not 0 < q < 1 or not 0 < alpha < 1:
+        return None
+    cover = binom.cdf(np.arange(n), n, q)  # cover[k - 1] = P(Binomial(n, q) < k), k = 1..n
+    ok = np.flatnonzero(cover >= 1 - alpha)
+    return int(ok[0]) + 1 if ok.size else None
+
+
+def quantile_bound_min_n(q: float, alpha: float = 0.05) -> int:
+    """The fewest values for which quantile_upper_rank exists: the largest value is a bound once q**n <= alpha
+    (59 for p95 at 95% confidence, 299 for p99)."""
+    n = max(1, math.ceil(math.log(alpha) / math.log(q)))
+    while quantile_upper_rank(n, q, alpha) is None:  # guard the float edge of the closed form
+        n += 1
+    while n > 1 and quantile_upper_rank(n - 1, q, alpha) is not None:
+        n -= 1
+    return n
+
+
+def quantile_upper_bound(values: Sequence[float | None], q: float, alpha: float = 0.05) -> float | None:
+    """A one-sided (1 - alpha) upper confidence bound for the q-quantile (q in (0, 1)) of i.i.d. `values`:
+    the order statistic X_(k) of quantile_upper_rank. None when there are too few values for any bound
+    (quantile_bound_min_n). None and NaN are dropped; an infinite value (a request that never finished) may be
+    the bound, and then says the quantile cannot be bounded below anything finite."""
+    arr = np.sort(clean(values))
+    k = quantile_upper_rank(int(arr.size), float(q), float(alpha))
+    return None if k is None else float(arr[k - 1])
 
 
 def is_binary(values: Sequence[float | None] | np.ndarray) -> bool:

@@ -12,12 +12,13 @@ is priced at and why. A cell timed at concurrency 1 only is priced as one reques
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from bench.results.summary import contention, throughput
-from bench.stats import percentile
+from bench.stats import percentile, quantile_bound_min_n, quantile_upper_bound
 
 LOAD_FILE = "load.jsonl"
 
@@ -71,26 +72,77 @@ def level_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "wall_s": speed["wall_s"] or None, "requests_per_s": speed["requests_per_s"],
             "output_tps": speed["output_tps"],
             "latency_p50_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95),
+            "latency_p95_upper_s": latency_p95_upper(lat, len(rows) - len(ok)),
             "cost_per_1k_usd": sum(costs) / len(costs) * 1000 if costs else None,
             "contended": contention(ok)["contended"]}
 
 
+LATENCY_CONFIDENCE = 0.95  # every "within the latency budget" claim holds at this confidence
+
+
+def latency_p95_upper(latencies: list[float | None], errors: int = 0) -> float | None:
+    """A level's one-sided 95% upper confidence bound on its p95 request latency (bench.stats.quantile_upper_bound,
+    distribution-free). A request that errored counts as one that never finished. None when the level has too few
+    requests for any bound (bound_min_n), or when the bound falls on an errored request."""
+    bound = quantile_upper_bound(list(latencies) + [math.inf] * errors, 0.95, 1 - LATENCY_CONFIDENCE)
+    return bound if bound is not None and math.isfinite(bound) else None
+
+
+def bound_min_n() -> int:
+    """The fewest timing samples a level needs before its p95 can be bounded at LATENCY_CONFIDENCE (59)."""
+    return quantile_bound_min_n(0.95, 1 - LATENCY_CONFIDENCE)
+
+
+def within_budget(levels: list[dict[str, Any]], budget_s: float) -> tuple[list[dict[str, Any]], str | None]:
+    """The levels shown to meet the budget, by fixed-sequence testing: from the lowest concurrency upward, each
+    level is shown when its latency_p95_upper_s is <= the budget, and testing stops at the first that is not
+    (so the chance that any shown level's true p95 exceeds the budget stays at most 1 - LATENCY_CONFIDENCE,
+    with no split across levels). Also why testing stopped (None when every level was shown)."""
+    shown: list[dict[str, Any]] = []
+    for lv in sorted(levels, key=lambda lv: lv["level"]):
+        upper = lv.get("latency_p95_upper_s")
+        if upper is None:
+            need, n = bound_min_n(), int(lv.get("n") or 0)
+            why = (f"needs >= {need} timing samples for a {LATENCY_CONFIDENCE:.0%} bound on p95, has {n}"
+                   if n < need else "its errored requests leave its p95 unbounded")
+            return shown, f"concurrency {lv['level']}: {why}"
+        if upper > budget_s:
+            return shown, (f"concurrency {lv['level']}: p95 latency may reach {upper:.3g} s "
+                           f"({LATENCY_CONFIDENCE:.0%} upper bound)")
+        shown.append(lv)
+    return shown, None
+
+
 def operating_point(levels: list[dict[str, Any]], budget_s: float | None) -> dict[str, Any]:
-    """The level a request is priced at: the cheapest of the levels whose p95 latency meets the budget (every level
-    when the suite sets none), the higher on a tie. Where throughput rises with concurrency, as it should, that is
-    the highest level within the budget. None meeting it prices at the lowest level, and says so."""
+    """The level a request is priced at: the cheapest of the levels shown within the p95 latency budget at 95%
+    confidence (within_budget), the higher on a tie. Where throughput rises with concurrency, as it should, that is
+    the highest level shown. None shown prices at the lowest level, and says why. When the suite sets no budget,
+    no latency claim is made: the cheapest level of all."""
     usable = [lv for lv in levels if lv["cost_per_1k_usd"] is not None and lv["latency_p95_s"] is not None]
     if not usable:
         return {"level": None, "reason": "no level finished without errors"}
-    meets = usable if budget_s is None else [lv for lv in usable if lv["latency_p95_s"] <= budget_s]
-    if not meets:
+    if budget_s is None:
+        best = min(usable, key=lambda lv: (lv["cost_per_1k_usd"], -lv["level"]))
+        return {"level": best["level"], "cost_per_1k_usd": best["cost_per_1k_usd"], "budget_s": None,
+                "within_budget": None, "confidence": None, "levels_within_budget": None,
+                "latency_p95_upper_s": best.get("latency_p95_upper_s"),
+                "reason": "the cheapest level per request; the suite sets no latency budget (max_p95_latency_s), "
+                          "so no latency claim is made"}
+    shown, stop = within_budget(levels, budget_s)
+    priced = [lv for lv in shown if lv["cost_per_1k_usd"] is not None]
+    claim = {"budget_s": budget_s, "confidence": LATENCY_CONFIDENCE,
+             "levels_within_budget": [lv["level"] for lv in shown]}
+    if not priced:
         low = min(usable, key=lambda lv: lv["level"])
-        return {"level": low["level"], "cost_per_1k_usd": low["cost_per_1k_usd"], "budget_s": budget_s,
-                "reason": f"no level meets the p95 budget of {budget_s:g} s: priced at the lowest level"}
-    best = min(meets, key=lambda lv: (lv["cost_per_1k_usd"], -lv["level"]))
-    why = (f"p95 latency {best['latency_p95_s']:.3g} s within the {budget_s:g} s budget" if budget_s is not None
-           else "the suite sets no latency budget (max_p95_latency_s)")
-    return {"level": best["level"], "cost_per_1k_usd": best["cost_per_1k_usd"], "budget_s": budget_s,
+        return {"level": low["level"], "cost_per_1k_usd": low["cost_per_1k_usd"], "within_budget": False,
+                "latency_p95_upper_s": low.get("latency_p95_upper_s"), **claim,
+                "reason": f"no level meets the p95 budget of {budget_s:g} s at {LATENCY_CONFIDENCE:.0%} confidence"
+                          f"{f' (stopped at {stop})' if stop else ''}: priced at the lowest level"}
+    best = min(priced, key=lambda lv: (lv["cost_per_1k_usd"], -lv["level"]))
+    why = (f"p95 latency within the {budget_s:g} s budget at {LATENCY_CONFIDENCE:.0%} confidence (upper bound "
+           f"{best['latency_p95_upper_s']:.3g} s){f'; stopped at {stop}' if stop else ''}")
+    return {"level": best["level"], "cost_per_1k_usd": best["cost_per_1k_usd"], "within_budget": True,
+            "latency_p95_upper_s": best["latency_p95_upper_s"], **claim,
             "reason": f"the cheapest level per request; {why}"}
 
 

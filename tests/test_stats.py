@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from bench.stats import (
@@ -13,6 +14,9 @@ from bench.stats import (
     mean_ci,
     paired_bootstrap_diff,
     percentile,
+    quantile_bound_min_n,
+    quantile_upper_bound,
+    quantile_upper_rank,
     wilson,
 )
 
@@ -83,3 +87,41 @@ def test_percentile_ignores_none() -> None:
     assert percentile([None, 1, 2, 3], 50) == 2
     assert percentile([None], 50) is None
     assert math.isnan(wilson(0, 0)[0])
+
+
+@pytest.mark.parametrize("q,alpha", [(0.95, 0.05), (0.5, 0.05), (0.9, 0.1), (0.99, 0.05)])
+def test_quantile_upper_rank_is_the_smallest_with_exact_coverage(q, alpha) -> None:
+    from scipy.stats import beta
+
+    for n in (1, 10, 30, 58, 59, 64, 100, 300, 1000):
+        k = quantile_upper_rank(n, q, alpha)
+        if k is None:
+            # even the largest value falls short: P(max >= quantile) = 1 - q**n < 1 - alpha
+            assert 1 - q ** n < 1 - alpha
+            continue
+        # the k-th of n uniforms is Beta(k, n - k + 1): its chance to lie at or above the quantile q is the coverage
+        assert beta.sf(q, k, n - k + 1) >= 1 - alpha - 1e-12
+        if k > 1:
+            assert beta.sf(q, k - 1, n - k + 2) < 1 - alpha          # one rank lower no longer covers
+
+
+def test_quantile_bound_needs_59_values_for_p95() -> None:
+    assert quantile_bound_min_n(0.95) == 59 and quantile_bound_min_n(0.99) == 299
+    assert quantile_upper_rank(58, 0.95) is None and quantile_upper_rank(59, 0.95) == 59
+    assert quantile_upper_rank(64, 0.95) == 64 and quantile_upper_rank(200, 0.95) < 200
+    assert quantile_upper_bound([1.0] * 58, 0.95) is None
+
+
+def test_quantile_upper_bound_is_that_order_statistic_and_covers() -> None:
+    values = [float(v) for v in range(200, 0, -1)] + [None, math.nan]
+    k = quantile_upper_rank(200, 0.95)
+    assert quantile_upper_bound(values, 0.95) == float(k)               # None/NaN dropped, the k-th smallest
+    rng = np.random.default_rng(7)
+    true_p95 = -math.log(0.05)                                          # exponential(1)
+    draws = np.sort(rng.exponential(size=(4000, 100)), axis=1)
+    k = quantile_upper_rank(100, 0.95)
+    covered = float(np.mean(draws[:, k - 1] >= true_p95))
+    from scipy.stats import binom
+
+    exact = float(binom.cdf(k - 1, 100, 0.95))
+    assert abs(covered - exact) < 4 * math.sqrt(exact * (1 - exact) / 4000) and exact >= 0.95

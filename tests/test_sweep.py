@@ -12,8 +12,9 @@ from bench.sweep import LOAD_FILE, attach, level_figures, operating_point
 from tests.conftest import REPO
 
 
-def _level(level, p95, cost):
-    return {"level": level, "latency_p95_s": p95, "cost_per_1k_usd": cost}
+def _level(level, p95, cost, n=64):
+    upper = p95 if n >= 59 else None                                  # the 95% bound, as level_figures gives it
+    return {"level": level, "n": n, "latency_p95_s": p95, "latency_p95_upper_s": upper, "cost_per_1k_usd": cost}
 
 
 def test_the_cheapest_level_within_the_budget_prices_the_cell() -> None:
