@@ -1,6 +1,6 @@
 """Operating points: each cell timed again at several concurrency levels (`bench run --concurrency 1,4,8`, or the
-suite's `load:` block) over a fixed subset of its samples, and priced at the cheapest level whose p95 latency meets
-the suite's latency budget: the highest such level wherever throughput grows with concurrency.
+suite's `load:` block) over a fixed subset of its samples, and priced at the cheapest level whose 95% upper bound on
+p95 latency meets the suite's latency budget (levels tested from the lowest upward, stopping at the first not shown).
 
 A level is llama.cpp sequences decoded at once (`--parallel`) for in-process backends, and requests in flight
 for HTTP ones (their `concurrency`). The timing passes write `load.jsonl` beside samples.jsonl (rows as samples.jsonl
