@@ -331,3 +331,19 @@ def test_extract_answers_one_at_a_time_and_four_at_once(tmp_path: Path) -> None:
     load = four.summary["cells"][0]["load"]
     assert load["concurrency"] == 4 and load["requests_per_s"] > 0 and load["output_tps"] > 0
     assert one.summary["cells"][0]["load"] is None
+
+
+@pytest.mark.parametrize("vocab", [40, 49152])
+def test_greedy_log_probability_matches_the_float64_softmax(vocab: int) -> None:
+    from bench.backends.llamacpp_batch import sample_token
+
+    rng = np.random.default_rng(vocab)
+    for scale in (0.1, 5.0, 40.0):
+        logits = (rng.standard_normal(vocab) * scale).astype(np.float32)
+        z = logits.astype(np.float64)
+        logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+        tok, lp = sample_token(logits, 0.0, None)
+        assert tok == int(np.argmax(logp))
+        assert lp == pytest.approx(float(logp[tok]), rel=1e-6, abs=1e-9)
+    tok, lp = sample_token(np.array([0.0, 3.0, 1.0], dtype=np.float32), 1.0, np.random.default_rng(1))
+    assert tok in (0, 1, 2) and lp < 0

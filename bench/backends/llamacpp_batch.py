@@ -52,15 +52,19 @@ def common_prefix(a: np.ndarray, b: list[int]) -> int:
 
 
 def sample_token(logits: np.ndarray, temperature: float, rng: Any) -> tuple[int, float]:
-    """The next token (greedy at temperature 0) and its log-probability under the model."""
+    """The next token (greedy at temperature 0) and its log-probability under the model.
+
+    Greedy: the arg-max, and log p = -log(sum(exp(logits - max))), the exponentials in float32 (the logits' own
+    precision) summed in float64; a float64 copy of the whole vocabulary cost 5-7x more per token (1-3.5 ms at
+    49k-152k tokens) and showed in a batched step's wall time."""
+    if temperature <= 0:
+        tok = int(np.argmax(logits))
+        return tok, float(-np.log(np.exp(logits - logits[tok]).sum(dtype=np.float64)))
     z = logits.astype(np.float64)
     z -= z.max()
     logp = z - np.log(np.exp(z).sum())
-    if temperature > 0:
-        p = np.exp(logp / temperature)
-        tok = int(rng.choice(len(logits), p=p / p.sum()))
-    else:
-        tok = int(np.argmax(logp))
+    p = np.exp(logp / temperature)
+    tok = int(rng.choice(len(logits), p=p / p.sum()))
     return tok, float(logp[tok])
 
 
