@@ -130,6 +130,42 @@ def test_changed_answers_pairs_each_concurrency_and_skips_errors() -> None:
     assert changed_answers([], levels, 0.0) is None
 
 
+def test_the_run_table_and_the_report_show_the_basis_throughput_and_changed_answers(tmp_path, batching_fake,
+                                                                                    capsys) -> None:
+    import io
+
+    from rich.console import Console
+
+    from bench.display import results_table
+    from bench.report.data import load_report_data
+
+    res = tmp_path / "res"
+    assert _run(_suite(tmp_path), res, "--parallel", "4") == 0
+    summary = json.loads(next(res.rglob("summary.json")).read_text())
+    buf = io.StringIO()
+    Console(file=buf, width=400).print(results_table(summary))
+    text = buf.getvalue()
+    assert "changed answers" in text and text.count("1/3 (33.3%) 4->1") == 2
+    assert text.count(" @ 4") == 2                                       # the batched pass's requests/s
+    assert "* per-request figures from the timing pass at concurrency 1 over 3 samples" in text
+    data = load_report_data([res])
+    for c in data.cells:
+        assert c["latency_basis"] == "timing pass at concurrency 1 over 3 samples"
+        assert c["changed_answers"] == "1/3 (33.3%) 4->1" and c["loaded_concurrency"] == 4
+        cell = next(x for x in summary["cells"] if x["cell_id"] == c["cell_id"])
+        assert c["latency_p95"] == cell["latency_s"]["p95"] != cell["loaded_latency"]["latency_s"]["p95"]
+        assert sorted(data.dists[c["key"]]["latency"]) == sorted(cell["latency_raw_s"])   # idle, 3 values
+        assert len(data.dists[c["key"]]["latency"]) == 3
+    out = tmp_path / "report.html"
+    assert main(["report", str(res), "-o", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert "Batched passes and concurrency levels" in html and html.count("1/3 (33.3%) 4-&gt;1") == 2
+    plain = tmp_path / "plain"
+    assert _run(_suite(tmp_path), plain) == 0
+    assert main(["report", str(plain), "-o", str(tmp_path / "plain.html")]) == 0
+    assert "Batched passes" not in (tmp_path / "plain.html").read_text(encoding="utf-8")
+
+
 @pytest.mark.integration
 def test_llamacpp_parallel_run_times_level_1_and_compares_answers(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
