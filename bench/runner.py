@@ -298,10 +298,12 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
                 with ThreadPoolExecutor(max_workers=max(len(work), 1)) as pool:
                     errored = list(pool.map(one, work))
             outcome.errored_cells += [plan.cell_id for (plan, _), bad in zip(work, errored) if bad]
-        # a main pass run several at once measured per-request latency under load: time it at concurrency 1 too
+        # a batched main pass (--parallel) measured per-request latency under load: time it at concurrency 1 too
+        # (in-process engines only: an HTTP backend's own `concurrency` is how it is served, and its calls may cost)
         from bench.sweep import loaded_cells, run_levels
 
-        idle = loaded_cells(latest_rows(run.samples())) & {p.cell_id for p in plans}
+        idle = loaded_cells(latest_rows(run.samples())) & {
+            p.cell_id for p in plans if backend_traits(p.backend.kind).in_process}
         if (suite.load.concurrency or idle) and cluster is None:  # operating points: timing passes at each level
 
             def prepare(plan: CellPlan) -> bool:

@@ -8,6 +8,10 @@ has them, plus `level`), never samples.jsonl: quality comes from the main pass a
 only when it is missing or incomplete. Per level the summary gives throughput (requests/s, output tokens/s over
 the pass's busy wall time), p50/p95 latency and cost per 1k requests; `operating_point` names the level the cell
 is priced at and why. A cell timed at concurrency 1 only is priced as one request at a time, and says so.
+
+A cell whose main pass ran several requests at once (`--parallel N`) is also timed at level 1, so that its
+per-request latency is an idle engine's (`idle_latency`; the loaded figures stay as `loaded_latency`). Where one
+sample was answered at two concurrencies, `changed_answers` counts the answers the batch size changed.
 """
 
 from __future__ import annotations
