@@ -151,21 +151,61 @@ def cell_log(label: str, total: int, done: int = 0, quiet: bool = False) -> Prog
 
 
 def results_table(summary: dict[str, Any], title: str | None = None) -> Table:
+    """The run's table. Where a cell ran several requests at once or at several levels, two more columns: the
+    throughput of its batched pass or operating point and the answers that changed between concurrencies; a `*` marks per-request figures
+    taken from the concurrency-1 timing pass (the main pass ran under load)."""
     hw = sorted({c["cell"].get("hardware") or "?" for c in summary["cells"]})
     t = Table(title=title or f"{summary.get('suite')} ({summary.get('task')}), target {summary.get('target')}, "
               f"hardware {', '.join(hw)}")
     several = len(hw) > 1
+    loaded = any(c.get("load") or c.get("load_levels") or c.get("changed_answers") for c in summary["cells"])
     for col in ("model", "quant", "backend") + (("hardware",) if several else ()) + (
-            "n", "quality [95% CI]", "TTFT p50/p95 s", "prefill tok/s", "decode tok/s", "peak RAM MB", "$/1k", "err"):
+            "n", "quality [95% CI]", "TTFT p50/p95 s", "prefill tok/s", "decode tok/s", "peak RAM MB", "$/1k", "err") + (
+            ("req/s @ concurrency", "changed answers") if loaded else ()):
         t.add_column(col, justify="left" if col in ("model", "quant", "backend", "hardware") else "right")
+    marked = []
     for c in summary["cells"]:
         q = c["quality"]
         quality = ("-" if q.get("mean") is None
                    else f"{q['metric']} {q['mean']:.3f} [{q['ci_low']:.3f}, {q['ci_high']:.3f}]")
         cell = c["cell"]
+        star = "*" if c.get("loaded_latency") else ""
+        if star:
+            marked.append(str(c.get("latency_basis")))
         t.add_row(cell["model"], cell.get("quantization") or "-", cell["backend"],
                   *((cell.get("hardware") or "?",) if several else ()), str(c["n"]), quality,
-                  f"{num(c['ttft_s']['p50'], '.2f')}/{num(c['ttft_s']['p95'], '.2f')}", num(c["prefill_tps"], ".0f"),
-                  num(c["decode_tps"], ".1f"), num(c["peak_rss_mb"], ".0f"),
-                  num(c["cost_per_1k_usd"], ".4f"), str(c["errors"]))
+                  f"{num(c['ttft_s']['p50'], '.2f')}/{num(c['ttft_s']['p95'], '.2f')}{star}",
+                  num(c["prefill_tps"], ".0f") + star, num(c["decode_tps"], ".1f") + star, num(c["peak_rss_mb"], ".0f"),
+                  num(c["cost_per_1k_usd"], ".4f"), str(c["errors"]),
+                  *((best_throughput(c), changed_text(c.get("changed_answers"))) if loaded else ()))
+    if marked:
+        t.caption = (f"* per-request figures from the {'; '.join(sorted(set(marked)))} (the main pass ran several "
+                     "requests at once; its loaded figures: summary.json loaded_latency)")
     return t
+
+
+def best_throughput(cell: dict[str, Any]) -> str:
+    """Requests/s of the batched main pass at its concurrency (`load`), else of the operating point's level."""
+    load = cell.get("load") if isinstance(cell.get("load"), dict) else {}
+    point = cell.get("operating_point") if isinstance(cell.get("operating_point"), dict) else {}
+    if isinstance(load.get("requests_per_s"), (int, float)):
+        return f"{num(load['requests_per_s'], '.2f')} @ {load.get('concurrency')}"
+    levels = cell.get("load_levels") if isinstance(cell.get("load_levels"), list) else []
+    level = next((lv for lv in levels if isinstance(lv, dict) and lv.get("level") == point.get("level")), None)
+    if level is None or not isinstance(level.get("requests_per_s"), (int, float)):
+        return "-"
+    return f"{num(level['requests_per_s'], '.2f')} @ {level.get('level')} (priced)"
+
+
+def changed_text(entries: Any) -> str:
+    """'1/32 (3.1%) 8->1' per pair of concurrencies; 'not comparable (temperature > 0)' for sampled decoding."""
+    entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    shown = [e for e in entries if e.get("comparable") and isinstance(e.get("changed"), int)
+             and isinstance(e.get("compared"), int) and e["compared"] > 0
+             and isinstance(e.get("between"), list) and len(e["between"]) == 2]
+    if shown:
+        return ", ".join(f"{e['changed']}/{e['compared']} ({e['changed'] / e['compared']:.1%}) "
+                         f"{e['between'][0]}->{e['between'][1]}" for e in shown)
+    if any(e.get("comparable") is False for e in entries):
+        return "not comparable (temperature > 0)"
+    return "-"

@@ -298,8 +298,13 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
                 with ThreadPoolExecutor(max_workers=max(len(work), 1)) as pool:
                     errored = list(pool.map(one, work))
             outcome.errored_cells += [plan.cell_id for (plan, _), bad in zip(work, errored) if bad]
-        if suite.load.concurrency and cluster is None:  # operating points: timing passes at each level
-            from bench.sweep import run_levels
+        # a batched main pass (--parallel) measured per-request latency under load: time it at concurrency 1 too
+        # (in-process engines only: an HTTP backend's own `concurrency` is how it is served, and its calls may cost)
+        from bench.sweep import loaded_cells, run_levels
+
+        idle = loaded_cells(latest_rows(run.samples())) & {
+            p.cell_id for p in plans if backend_traits(p.backend.kind).in_process}
+        if (suite.load.concurrency or idle) and cluster is None:  # operating points: timing passes at each level
 
             def prepare(plan: CellPlan) -> bool:
                 try:
@@ -308,9 +313,10 @@ def _run_locked(suite: Suite, samples: list[Sample], plans: list[CellPlan], mani
                 except BenchError:
                     return False
 
-            run_levels(suite, plans, samples, run, isolation, profile, profiles, quiet, prepare)
-        elif suite.load.concurrency and not quiet:
-            console.print("--concurrency: timing passes run on this machine only; skipped on a cluster")
+            run_levels(suite, plans, samples, run, isolation, profile, profiles, quiet, prepare, idle)
+        elif (suite.load.concurrency or idle) and not quiet:
+            console.print("--concurrency, and the concurrency-1 pass of --parallel: timing passes run on this "
+                          "machine only; skipped on a cluster")
     finally:
         writer.close()
     outcome.summary = write_summary(run, profile, _bandwidth(info, profile))

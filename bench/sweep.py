@@ -8,6 +8,10 @@ has them, plus `level`), never samples.jsonl: quality comes from the main pass a
 only when it is missing or incomplete. Per level the summary gives throughput (requests/s, output tokens/s over
 the pass's busy wall time), p50/p95 latency and cost per 1k requests; `operating_point` names the level the cell
 is priced at and why. A cell timed at concurrency 1 only is priced as one request at a time, and says so.
+
+A cell whose main pass ran several requests at once (`--parallel N`) is also timed at level 1, so that its
+per-request latency is an idle engine's (`idle_latency`; the loaded figures stay as `loaded_latency`). Where one
+sample was answered at two concurrencies, `changed_answers` counts the answers the batch size changed.
 """
 
 from __future__ import annotations
@@ -146,23 +150,38 @@ def operating_point(levels: list[dict[str, Any]], budget_s: float | None) -> dic
             "reason": f"the cheapest level per request; {why}"}
 
 
-def attach(summary: dict[str, Any], load_rows: list[dict[str, Any]], budget_s: float | None) -> None:
+def attach(summary: dict[str, Any], load_rows: list[dict[str, Any]], budget_s: float | None,
+           main_rows: list[dict[str, Any]] | None = None, temperature: float | None = None) -> None:
     """Add each cell's levels and operating point to a summary; its cost_per_1k_usd becomes the operating
-    point's (the one-at-a-time figure stays as cost_per_1k_usd_sequential)."""
+    point's (the main pass's figure stays as cost_per_1k_usd_sequential). A cell whose main pass ran with several
+    requests in flight takes its per-request latency from its concurrency-1 pass (`idle_latency`); `main_rows`
+    (the main pass's latest rows) give each level's changed answers (`changed_answers`) at `temperature`."""
     by_cell: dict[str, dict[int, dict[str, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     for r in load_rows:  # the latest row per (cell, level, sample), as everywhere in bench
         by_cell[str(r.get("cell_id"))][int(r.get("level") or 1)][str(r.get("sample_id"))] = r
+    main: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in main_rows or []:
+        main[str(r.get("cell_id"))].append(r)
     for cell in summary.get("cells") or []:
         cell["cost_per_1k_usd_sequential"] = cell.get("cost_per_1k_usd")
-        levels = by_cell.get(str(cell.get("cell_id")))
+        cid = str(cell.get("cell_id"))
+        levels = by_cell.get(cid)
+        cell["changed_answers"] = changed_answers(main.get(cid, []), levels or {}, temperature)
+        in_flight = int((cell.get("load") or {}).get("concurrency") or 1)
+        main_basis = ("one request at a time" if in_flight == 1 else
+                      f"the main pass, {in_flight} requests in flight (--parallel; its per-request latencies, which "
+                      "thresholds uses, were measured under that load)")
+        if levels and 1 in levels:
+            idle_latency(cell, list(levels[1].values()))
         if not levels:
             cell["load_levels"], cell["operating_point"] = None, None
-            cell["cost_basis"] = "one request at a time (no --concurrency sweep)"
+            cell["cost_basis"] = f"{main_basis} (no --concurrency sweep)"
             continue
         figures = [level_figures(list(rows.values())) for _, rows in sorted(levels.items())]
         if max(levels) == 1:
             cell["load_levels"], cell["operating_point"] = figures, None
-            cell["cost_basis"] = "one request at a time (measured at concurrency 1 only)"
+            cell["cost_basis"] = (f"{main_basis} (timed at concurrency 1 only)" if in_flight > 1 else
+                                  "one request at a time (measured at concurrency 1 only)")
             continue
         point = operating_point(figures, budget_s)
         cell["load_levels"], cell["operating_point"] = figures, point
@@ -170,14 +189,70 @@ def attach(summary: dict[str, Any], load_rows: list[dict[str, Any]], budget_s: f
             cell["cost_per_1k_usd"] = point["cost_per_1k_usd"]
             cell["cost_basis"] = f"concurrency {point['level']}: {point['reason']}"
         else:
-            cell["cost_basis"] = f"one request at a time: {point['reason']}"
+            cell["cost_basis"] = f"{main_basis}: {point['reason']}"
+
+
+def idle_latency(cell: dict[str, Any], level1: list[dict[str, Any]]) -> None:
+    """A cell whose main pass ran with several requests in flight (its `load` block): per-request latency, TTFT and
+    token rates come from its concurrency-1 timing pass over the fixed subset instead, and `latency_basis` says so;
+    the main pass's figures, measured under load, stay under `loaded_latency`. A cell run one at a time keeps its
+    whole run's figures."""
+    from bench.results.summary import LATENCY_KEYS, RAW_KEYS, latency_figures
+
+    load = cell.get("load")
+    ok = [r for r in level1 if not r.get("error") and r.get("timings")]
+    if not load or not ok:
+        return
+    cell["loaded_latency"] = {"concurrency": load["concurrency"], **{k: cell.get(k) for k in LATENCY_KEYS},
+                              "basis": f"main pass under load, {load['concurrency']} requests in flight"}
+    figures = latency_figures(ok)
+    cell.update({k: figures[k] for k in LATENCY_KEYS + RAW_KEYS})
+    cell["latency_basis"] = f"timing pass at concurrency 1 over {len(ok)} samples"
+
+
+def changed_answers(main: list[dict[str, Any]], levels: dict[int, dict[str, dict[str, Any]]],
+                    temperature: float | None) -> list[dict[str, Any]] | None:
+    """Per pair of concurrencies (the main pass's, a load.jsonl level's), the answers of the same samples that
+    differ in text: batch size can flip a greedy near-tie. Samples that errored on either side, and a level run at
+    the main pass's own concurrency, are left out. Sampled decoding (temperature > 0) differs by chance, so there the
+    pairs are counted but not compared. None where the cell has no such pair."""
+    by_id = {str(r.get("sample_id")): r for r in main if not r.get("error")}
+    pairs: dict[tuple[int, int], list[bool]] = defaultdict(list)
+    for level, rows in sorted(levels.items()):
+        for sid, r in rows.items():
+            m = by_id.get(sid)
+            if m is None or r.get("error"):
+                continue
+            a, b = int(m.get("concurrency") or 1), int(r.get("concurrency") or level)
+            if a != b:
+                pairs[(a, b)].append(m.get("output") != r.get("output"))
+    if not pairs:
+        return None
+    out = []
+    for between, diffs in sorted(pairs.items(), key=lambda kv: kv[0][::-1]):
+        if temperature:
+            out.append({"between": list(between), "compared": len(diffs), "changed": None, "share": None,
+                        "comparable": False, "reason": f"temperature {temperature:g} > 0: sampled answers differ "
+                                                       "by chance, not only by batch size"})
+        else:
+            k = sum(diffs)
+            out.append({"between": list(between), "compared": len(diffs), "changed": k, "share": k / len(diffs),
+                        "comparable": True})
+    return out
+
+
+def loaded_cells(rows: list[dict[str, Any]]) -> set[str]:
+    """The cells whose main pass (its latest rows) ran with several requests in flight: their per-request latency
+    needs a timing pass at concurrency 1."""
+    return {str(r["cell_id"]) for r in rows if not r.get("error") and int(r.get("concurrency") or 1) > 1}
 
 
 def run_levels(suite: Any, plans: list[Any], samples: list[Any], run: Any, isolation: str, profile: Any,
-               profiles: dict[str, Any], quiet: bool, prepare: Any) -> None:
+               profiles: dict[str, Any], quiet: bool, prepare: Any, idle: set[str] | None = None) -> None:
     """The timing passes: for each cell and each level not yet in load.jsonl, the first `timing_samples`
-    samples (by id) at that many requests in flight. `prepare(plan)` resolves the cell's model (None when it
-    cannot be had: the cell's main pass has said why)."""
+    samples (by id) at that many requests in flight; level 1 too for the cells in `idle` (their main pass ran
+    several at once, so their per-request latency needs it). `prepare(plan)` resolves the cell's model (None when
+    it cannot be had: the cell's main pass has said why)."""
     import dataclasses
 
     from bench.cost import CostModel
@@ -187,8 +262,8 @@ def run_levels(suite: Any, plans: list[Any], samples: list[Any], run: Any, isola
     from bench.results.store import SampleWriter
     from bench.runner import build_requests, spawn_cell
 
-    levels = suite.load.concurrency
-    if not levels:
+    idle = idle or set()
+    if not suite.load.concurrency and not idle:
         return
     subset = sorted(samples, key=lambda s: s.id)[:suite.load.timing_samples]
     by_id = {s.id: s for s in subset}
@@ -197,6 +272,7 @@ def run_levels(suite: Any, plans: list[Any], samples: list[Any], run: Any, isola
     writer = SampleWriter(path)
     try:
         for plan in plans:
+            levels = sorted(set(suite.load.concurrency) | ({1} if plan.cell_id in idle else set()))
             todo = [lv for lv in levels if lv not in complete[plan.cell_id]]
             if not todo or not prepare(plan):
                 continue
@@ -206,8 +282,10 @@ def run_levels(suite: Any, plans: list[Any], samples: list[Any], run: Any, isola
                 cost_model = CostModel(at, profile, profiles)
                 state: dict[str, Any] = {"load": {}}
                 if not quiet:
-                    console.print(f"{cell_label(plan.cell)}: timing {len(subset)} samples at concurrency {level}",
-                                  markup=False)
+                    why = (" (per-request latency: the main pass ran several at once)"
+                           if level == 1 and plan.cell_id in idle else "")
+                    console.print(f"{cell_label(plan.cell)}: timing {len(subset)} samples at concurrency {level}"
+                                  + why, markup=False)
 
                 def on_event(event: tuple, level: int = level, at: Any = at, cost_model: Any = cost_model,
                              state: dict[str, Any] = state) -> None:

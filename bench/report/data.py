@@ -165,13 +165,16 @@ def _add_cell(c: dict[str, Any], rows: list[dict[str, Any]], task: str, run_id: 
     data.cells.append(row)
     key = row["key"]
     ttft, lat, scores, outs = [], [], {}, {}
+    # a cell run several at once (--parallel) shows its concurrency-1 pass's latencies, as its summary does, not the
+    # main pass's rows, which were timed under load
+    idle = bool(c.get("loaded_latency"))
     for r in rows:
         sid = str(r.get("sample_id"))
         score = num(r.get("score"))
         if not r.get("error"):
-            if (t := num(r.get("ttft_s"))) is not None:
+            if not idle and (t := num(r.get("ttft_s"))) is not None:
                 ttft.append(t)
-            if (t := num(r.get("latency_s"))) is not None:
+            if not idle and (t := num(r.get("latency_s"))) is not None:
                 lat.append(t)
             if score is not None:
                 scores[sid] = score
@@ -213,7 +216,26 @@ def _flat_cell(c: dict[str, Any], task: str, run_id: str, suite: dict[str, Any])
         "latency_p50": num(_get(c, "latency_s", "p50")), "latency_p95": num(_get(c, "latency_s", "p95")),
         **{k: num(c.get(k)) for k in ("prefill_tps", "decode_tps", "decode_ceiling_tps", "bandwidth_utilization",
                                       "peak_rss_mb", "model_rss_mb", "peak_gpu_mb", "cost_per_1k_usd", "energy_j")},
+        **_load_figures(c),
     }
+
+
+def _load_figures(c: dict[str, Any]) -> dict[str, Any]:
+    """A cell's batched pass and concurrency levels, flat: where its per-request latency comes from, the loaded
+    p95 beside it, throughput, cost basis and the answers that changed between concurrencies (bench/sweep.py)."""
+    from bench.display import best_throughput, changed_text
+
+    loaded = c.get("loaded_latency") if isinstance(c.get("loaded_latency"), dict) else {}
+    changed = c.get("changed_answers") if isinstance(c.get("changed_answers"), list) else None
+    shown = bool(c.get("load") or c.get("load_levels") or changed)
+    return {"latency_basis": str(c.get("latency_basis") or "") or None,
+            "loaded_latency_p95": num(_get(loaded, "latency_s", "p95")) if loaded else None,
+            "loaded_concurrency": loaded.get("concurrency"),
+            "throughput": best_throughput(c) if shown else None,
+            "cost_basis": str(c.get("cost_basis") or "") or None,
+            "changed_answers": changed_text(changed) if shown else None,
+            "changed_share_max": max((num(e.get("share")) or 0.0 for e in changed or []
+                                      if isinstance(e, dict) and e.get("comparable")), default=None)}
 
 
 def _disambiguate(cells: list[dict[str, Any]]) -> None:

@@ -110,7 +110,34 @@ def _overview(data: ReportData) -> str:
             f"backend × machine) of every run. Quality is the suite's metric over every scored sample with its 95% "
             f"interval; tokens/s are token-weighted; the decode ceiling is the roofline limit from the machine's "
             f'memory bandwidth.</p><div class="scroll"><table class="overview"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div></section>")
+            f"<tbody>{''.join(rows)}</tbody></table></div>{_load_table(data)}</section>")
+
+
+LOAD_COLS = ("task", "model", "quant", "backend", "run", "latency measured", "loaded p95 latency (s)",
+             "req/s @ concurrency", "cost basis", "changed answers")
+
+
+def _load_table(data: ReportData) -> str:
+    """Cells run several requests at once (--parallel) or at several concurrency levels (--concurrency): where
+    their per-request latency comes from, their throughput, and the answers that changed with the batch size."""
+    cells = [c for c in data.cells if c.get("throughput") is not None or c.get("changed_answers") is not None]
+    if not cells:
+        return ""
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{v}</td>" for v in (e(c["task"]), e(c["model"]), e(c["quantization"] or "—"),
+                                                     e(c["backend"]), f"<small>{e(c['run_id'])}</small>",
+                                                     e(c.get("latency_basis") or "—")))
+        + f'<td class="num">{html_num(c.get("loaded_latency_p95"))}'
+        + (f" @ {e(c['loaded_concurrency'])}" if c.get("loaded_concurrency") else "") + "</td>"
+        + f'<td class="num">{e(c.get("throughput") or "—")}</td><td>{e(c.get("cost_basis") or "—")}</td>'
+        + f'<td class="num">{e(c.get("changed_answers") or "—")}</td></tr>' for c in cells)
+    head = "".join(f"<th>{e(h)}</th>" for h in LOAD_COLS)
+    return ("<h3>Batched passes and concurrency levels</h3><p class=\"note\">With several requests in flight "
+            "(--parallel N), per-request latency, TTFT and token rates are taken from a timing pass at concurrency 1 "
+            "over the first samples (the overview shows those); the main pass's loaded latency stays beside them. "
+            "Changed answers: the share of samples whose greedy answer differs between two concurrencies (batch size "
+            f'can flip a near-tie).</p><div class="scroll"><table class="overview"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table></div>")
 
 
 def _task_section(data: ReportData, task: dict[str, Any], i: int, page: Page) -> str:

@@ -31,6 +31,7 @@ def derive_summary(run: RunDir, profile: Any = None, bandwidth: tuple[float, str
     manifest = run.manifest()
     rows = latest_per_sample(run.samples() if rows is None else rows)  # every figure below from the same rows
     summary = build_summary(rows, manifest)
+    _operating_points(summary, manifest, run, rows)  # first: the roofline below uses the idle decode rate
     first: dict[str, dict[str, Any]] = {}
     for r in rows:
         first.setdefault(r["cell_id"], r)
@@ -65,18 +66,21 @@ def derive_summary(run: RunDir, profile: Any = None, bandwidth: tuple[float, str
                                        else None)
     _quantization_costs(summary, rows)
     _macro_f1(summary, rows, manifest, run)
-    _operating_points(summary, manifest, run)
     return summary
 
 
-def _operating_points(summary: dict[str, Any], manifest: dict[str, Any], run: RunDir) -> None:
-    """Each cell's concurrency levels (load.jsonl) and the one its cost is taken at (bench/sweep.py)."""
+def _operating_points(summary: dict[str, Any], manifest: dict[str, Any], run: RunDir,
+                      main_rows: list[dict[str, Any]]) -> None:
+    """Each cell's concurrency levels (load.jsonl), the one its cost is taken at, its per-request latency at
+    concurrency 1 and its changed answers between levels (bench/sweep.py)."""
     from bench.results.store import iter_jsonl
     from bench.sweep import LOAD_FILE, attach
 
     path = run.path / LOAD_FILE
     rows = list(iter_jsonl(path)) if path.exists() else []
-    attach(summary, rows, (manifest.get("suite") or {}).get("max_p95_latency_s"))
+    suite = manifest.get("suite") or {}
+    temperature = ((suite.get("config") or {}).get("generation") or {}).get("temperature")
+    attach(summary, rows, suite.get("max_p95_latency_s"), main_rows, temperature)
 
 
 def _macro_f1(summary: dict[str, Any], rows: list[dict[str, Any]], manifest: dict[str, Any], run: RunDir) -> None:
