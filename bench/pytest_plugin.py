@@ -172,7 +172,9 @@ class BenchSuites:
                 "suite": suite_name, "cell_id": rows[0]["cell_id"], "run_dir": str(outcome.run.path),
                 "metric": metric, "quality_mean": quality["mean"], "quality_ci_low": quality["ci_low"],
                 "quality_ci_high": quality["ci_high"], "target": suite.target, "n": len(rows),
-                "errors": len(rows) - len(ok), "error_rate": (len(rows) - len(ok)) / len(rows), "unit": "seconds per request (measured latency_s)"})
+                "errors": len(rows) - len(ok), "error_rate": (len(rows) - len(ok)) / len(rows),
+                "concurrency": max((int(r.get("concurrency") or 1) for r in rows), default=1),
+                "unit": "seconds per request (measured latency_s, with `concurrency` requests in flight)"})
             record_latencies(benchmark, latencies)
         errored = [r for r in rows if r.get("error")]
         if errored:
