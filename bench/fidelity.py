@@ -36,17 +36,20 @@ LOAD_WARN = 0.5  # 1-minute load average above which the machine is not quiet
 TOOL_TIMEOUT_S = 1800.0
 
 DEFINITIONS = {
-    "llama_bench": "llama-bench -p 0 -n TOKENS -d DEPTH -fa 0 -r 1 -o json: avg_ts of its tgTOKENS test, i.e. "
+    "llama_bench": "llama-bench -p 0 -n TOKENS -d DEPTH -fa 0 -r 1 --repack R -o json: avg_ts of its tgTOKENS test, i.e. "
                    "TOKENS / the time of TOKENS one-token decode calls after a DEPTH-token context",
     "bench_decode": "bench's llamacpp backend, one request of DEPTH prompt tokens decoding exactly TOKENS tokens "
                     "(EOS ignored): (TOKENS - 1) / (last token time - first token time), bench.measure.timing.derive "
                     "as the summary's decode_tps; sampling between steps is included",
-    "llama_batched_bench": "llama-batched-bench -npp DEPTH -ntg TOKENS -npl N -fa 0 -c N*(DEPTH+TOKENS): S_TG "
+    "llama_batched_bench": "llama-batched-bench -npp DEPTH -ntg TOKENS -npl N -fa 0 -c N*(DEPTH+TOKENS) "
+                           "--[no-]repack: S_TG "
                            "(speed_tg) = N x TOKENS / the time of TOKENS decode steps of N sequences",
     "bench_batched": "bench's BatchScheduler (llamacpp backend, parallel N), N requests of DEPTH prompt tokens "
                      "decoding exactly TOKENS tokens each: N x (TOKENS - 1) / (time from the end of the last "
                      "prompt's prefill to the return of the last decode step), i.e. over the decode steps in which "
                      "all N sequences decode; sampling between steps is included",
+    "repack": "R, llama.cpp's weight repacking (extra buffer types), is set on the tools as bench's backend sets "
+              "it: off where the CPU advertises AMX, on elsewhere (extra_buffers)",
     "ratio": "median of bench's per-round figures / median of llama.cpp's per-round figures",
 }
 
@@ -98,6 +101,7 @@ class FidelityReport(BaseModel):
     rounds: int
     parallel: list[int]
     tools: dict[str, str | None]
+    extra_buffers: bool  # llama.cpp's weight repacking, on both sides (bench's backend default for this CPU)
     load_avg_1m: float | None
     quiet_machine: bool | None
     order: list[list[str]] = []  # per round, the runs in the order they ran
@@ -155,14 +159,17 @@ def _run_tool(cmd: list[str]) -> str:
     return proc.stdout
 
 
-def llama_bench_cmd(exe: Path, model: Path, threads: int, depth: int, tokens: int) -> list[str]:
+def llama_bench_cmd(exe: Path, model: Path, threads: int, depth: int, tokens: int, repack: bool) -> list[str]:
+    """`repack`: llama.cpp's extra buffer types, set as bench's backend sets them (off where the CPU advertises AMX)."""
     return [str(exe), "-m", str(model), "-t", str(threads), "-p", "0", "-n", str(tokens), "-d", str(depth),
-            "-fa", "0", "-r", "1", "-o", "json"]
+            "-fa", "0", "-r", "1", "--repack", "1" if repack else "0", "-o", "json"]
 
 
-def batched_bench_cmd(exe: Path, model: Path, threads: int, depth: int, tokens: int, n: int) -> list[str]:
+def batched_bench_cmd(exe: Path, model: Path, threads: int, depth: int, tokens: int, n: int,
+                      repack: bool) -> list[str]:
     return [str(exe), "-m", str(model), "-t", str(threads), "-npp", str(depth), "-ntg", str(tokens),
-            "-npl", str(n), "-fa", "0", "-c", str(n * (depth + tokens)), "--output-format", "jsonl"]
+            "-npl", str(n), "-fa", "0", "-c", str(n * (depth + tokens)), "--repack" if repack else "--no-repack",
+            "--output-format", "jsonl"]
 
 
 def parse_llama_bench(text: str, tokens: int, depth: int) -> float:
@@ -285,6 +292,7 @@ def measure(args: Any, log: Callable[[str], None], on_round: Callable[[FidelityR
     import psutil
 
     from bench import __version__
+    from bench.backends.llamacpp import cpu_advertises_amx
     from bench.models.catalog import DEFAULT_MODEL, get_entry
     from bench.models.resolve import resolve_model
 
@@ -295,6 +303,7 @@ def measure(args: Any, log: Callable[[str], None], on_round: Callable[[FidelityR
     batched = (find_tool("llama-batched-bench", args.batched_bench, version, "--batched-bench")
                if any(n > 1 for n in levels) else None)
     model = resolve_model(args.model or DEFAULT_MODEL)
+    repack = not cpu_advertises_amx()  # what LlamaCppBackend.load picks with extra_buffers unset
     load = psutil.getloadavg()[0] if hasattr(psutil, "getloadavg") else None
     if load is not None and load > LOAD_WARN:
         log(f"warning: the 1-minute load average is {load:.2f} (> {LOAD_WARN}): something else is running; "
@@ -306,7 +315,7 @@ def measure(args: Any, log: Callable[[str], None], on_round: Callable[[FidelityR
                "size_bytes": model.size_bytes},
         threads=args.threads, depth=args.depth, tokens=args.tokens, rounds=args.rounds, parallel=levels,
         tools={"llama-bench": str(llama_bench) if llama_bench else None,
-               "llama-batched-bench": str(batched) if batched else None},
+               "llama-batched-bench": str(batched) if batched else None}, extra_buffers=repack,
         load_avg_1m=load, quiet_machine=None if load is None else load <= LOAD_WARN,
         measurements=[Measurement(name="decode" if n == 1 else f"batched N={n}", parallel=n,
                                   tool="llama-bench" if n == 1 else "llama-batched-bench") for n in levels])
@@ -317,11 +326,11 @@ def measure(args: Any, log: Callable[[str], None], on_round: Callable[[FidelityR
             def tool(m: Measurement = m) -> None:
                 if m.parallel == 1:
                     assert llama_bench is not None
-                    out = _run_tool(llama_bench_cmd(llama_bench, model.path, t, d, k))
+                    out = _run_tool(llama_bench_cmd(llama_bench, model.path, t, d, k, repack))
                     m.llama_cpp_tps.append(parse_llama_bench(out, k, d))
                 else:
                     assert batched is not None
-                    out = _run_tool(batched_bench_cmd(batched, model.path, t, d, k, m.parallel))
+                    out = _run_tool(batched_bench_cmd(batched, model.path, t, d, k, m.parallel, repack))
                     m.llama_cpp_tps.append(parse_batched_bench(out, d, k, m.parallel))
 
             def ours(m: Measurement = m) -> None:

@@ -6,10 +6,12 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import fidelity
-from bench.backends.base import Generation
+from bench.backends.base import Generation, Request
+from bench.backends.llamacpp_batch import BatchScheduler
 from bench.cli import main
 from bench.models.resolve import ResolvedModel
 
@@ -36,7 +38,7 @@ def test_parse_llama_bench_refuses_a_missing_test_or_no_json() -> None:
         fidelity.parse_llama_bench("main: error: failed to load model\n", tokens=16, depth=32)
 
 
-def test_parse_batched_bench_reads_s_tg_of_the_matching_row_among_log_lines() -> None:
+def test_parse_batched_bench_reads_s_tg_of_the_matching_row() -> None:
     text = (FIXTURES / "llama-batched-bench.jsonl").read_text()
     rows = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
     row = next(r for r in rows if r["pl"] == 2)
@@ -47,12 +49,14 @@ def test_parse_batched_bench_reads_s_tg_of_the_matching_row_among_log_lines() ->
 
 
 def test_tool_commands_use_the_flags_this_llama_cpp_has() -> None:
-    lb = fidelity.llama_bench_cmd(Path("/x/llama-bench"), Path("m.gguf"), 2, 512, 128)
+    lb = fidelity.llama_bench_cmd(Path("/x/llama-bench"), Path("m.gguf"), 2, 512, 128, repack=True)
     assert lb[1:] == ["-m", "m.gguf", "-t", "2", "-p", "0", "-n", "128", "-d", "512", "-fa", "0", "-r", "1",
-                      "-o", "json"]
-    bb = fidelity.batched_bench_cmd(Path("/x/llama-batched-bench"), Path("m.gguf"), 2, 512, 128, 4)
+                      "--repack", "1", "-o", "json"]
+    assert "0" == fidelity.llama_bench_cmd(Path("lb"), Path("m"), 2, 1, 2, repack=False)[-3]
+    bb = fidelity.batched_bench_cmd(Path("/x/llama-batched-bench"), Path("m.gguf"), 2, 512, 128, 4, repack=False)
     assert bb[bb.index("-npl") + 1] == "4" and bb[bb.index("-c") + 1] == str(4 * (512 + 128))
-    assert bb[-2:] == ["--output-format", "jsonl"]
+    assert bb[-3:] == ["--no-repack", "--output-format", "jsonl"]
+    assert "--repack" in fidelity.batched_bench_cmd(Path("b"), Path("m"), 2, 1, 2, 2, repack=True)
 
 
 # ---------------------------------------------------------------- bench's batched rate
@@ -68,6 +72,35 @@ def test_batched_rate_counts_the_steps_after_the_last_prefill() -> None:
     assert fidelity.batched_decode_tps(gens) == pytest.approx(3 * 9 / 0.9)
     with pytest.raises(fidelity.ToolFailed, match="unequal"):
         fidelity.batched_decode_tps([_gen(0, 0.1, 0.1, 10), _gen(1, 0.1, 0.1, 9)])
+
+
+class _AlwaysEos:
+    """A SeqEngine whose every sampled token is end-of-generation."""
+
+    n_seq = 2
+
+    def clear(self, seq: int, keep: int) -> bool:
+        return True
+
+    def decode(self, items) -> None:
+        pass
+
+    def logits(self, index: int) -> np.ndarray:
+        return np.zeros(8, dtype=np.float32)
+
+    def is_eog(self, token: int) -> bool:
+        return True
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return "x" * len(tokens)
+
+
+@pytest.mark.parametrize("ignore_eos, expected", [(False, 0), (True, 7)])
+def test_ignore_eos_decodes_exactly_max_tokens(ignore_eos: bool, expected: int) -> None:
+    reqs = [Request(id=f"r{i}", messages=[], prompt="", max_tokens=7, ignore_eos=ignore_eos) for i in range(3)]
+    gens = BatchScheduler(_AlwaysEos(), lambda req: ([1, 2, 3], []), n_ctx=64, n_batch=8).run(reqs)
+    assert [g.completion_tokens for g in gens] == [expected] * 3
+    assert {g.finish_reason for g in gens} == {"length" if ignore_eos else "stop"}
 
 
 def test_measurement_medians_and_ratio() -> None:
@@ -111,15 +144,19 @@ def test_rounds_interleave_alternate_and_rewrite_the_output(tmp_path, monkeypatc
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
     model = ResolvedModel(id="smollm2-135m-instruct", quantization="Q4_1", path=tmp_path / "m.gguf",
-                          sha256="ab" * 32, size_bytes=1)
+                          sha256="ab" * 32, size_bytes=1, chat=True)
     monkeypatch.setattr("bench.models.resolve.resolve_model", lambda ref: model)
     monkeypatch.setattr(fidelity, "llama_cpp_python_version", lambda: "9.9.9")
     lb = (FIXTURES / "llama-bench.json").read_text()
     bb = (FIXTURES / "llama-batched-bench.jsonl").read_text()
     ran: list[str] = []
 
+    cmds: list[list[str]] = []
+    monkeypatch.setattr("bench.backends.llamacpp.cpu_advertises_amx", lambda: True)  # bench then does not repack
+
     def tool(cmd: list[str]) -> str:
         ran.append("tool")
+        cmds.append(cmd)
         return lb if "-npl" not in cmd else bb
 
     figures = iter([50.0, 60.0, 70.0, 80.0])
@@ -147,6 +184,9 @@ def test_rounds_interleave_alternate_and_rewrite_the_output(tmp_path, monkeypatc
     assert dec["llama_cpp_tps"] == [lb_tps, lb_tps] and dec["ratio"] == pytest.approx(60.0 / lb_tps)
     assert bat["ratio"] == pytest.approx(70.0 / fidelity.parse_batched_bench(bb, 32, 16, 2))
     assert doc["model"]["sha256"] == "ab" * 32 and doc["threads"] == 3 and doc["depth"] == 32
+    assert doc["extra_buffers"] is False
+    assert all(("--repack", "0") == tuple(c[c.index("--repack"):][:2]) for c in cmds if "-npl" not in c)
+    assert all("--no-repack" in c for c in cmds if "-npl" in c) and len(cmds) == 4
 
 
 # ---------------------------------------------------------------- the real tools
