@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "scripts/build-llama-tools.sh built for the installed llama-cpp-python)")
     fd.add_argument("--batched-bench", metavar="PATH", help="llama-batched-bench binary (default: as --llama-bench)")
     fd.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    fd.add_argument("-o", "--output", help="also write the JSON here (rewritten after each round)")
+    fd.add_argument("-o", "--output", help="also write the JSON here (rewritten after each run)")
     fd.set_defaults(func=_delegate("bench.fidelity"))
 
     c = sub.add_parser("compare", help="compare a candidate run against a baseline; exit 1 on a regression")

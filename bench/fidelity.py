@@ -91,7 +91,7 @@ class FidelityReport(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     created_at: str
-    complete: bool = False  # false until every round has run (-o is rewritten after each round)
+    complete: bool = False  # false until every round has run (-o is rewritten after each run)
     bench_version: str
     llama_cpp_python_version: str
     model: dict[str, Any]
@@ -287,8 +287,9 @@ def _check(args: Any) -> list[int]:
     return _levels(args.parallel)
 
 
-def measure(args: Any, log: Callable[[str], None], on_round: Callable[[FidelityReport], None]) -> FidelityReport:
-    """Check the flags and tools, resolve the model, run the interleaved rounds; `on_round` gets the report so far."""
+def measure(args: Any, log: Callable[[str], None], on_progress: Callable[[FidelityReport], None]) -> FidelityReport:
+    """Check the flags and tools, resolve the model, run the interleaved rounds; `on_progress` gets the report so
+    far after each run of a tool or of bench, so a failure later loses nothing measured."""
     import psutil
 
     from bench import __version__
@@ -322,6 +323,7 @@ def measure(args: Any, log: Callable[[str], None], on_round: Callable[[FidelityR
     t, d, k = args.threads, args.depth, args.tokens
     for r in range(args.rounds):
         order: list[str] = []
+        report.order.append(order)
         for m in report.measurements:
             def tool(m: Measurement = m) -> None:
                 if m.parallel == 1:
@@ -341,10 +343,10 @@ def measure(args: Any, log: Callable[[str], None], on_round: Callable[[FidelityR
                 log(f"round {r + 1}/{args.rounds}: {m.name}: {label}")
                 run()
                 order.append(f"{m.name}: {label}")
-            m.settle()
-        report.order.append(order)
+                m.settle()
+                on_progress(report)
         report.complete = r == args.rounds - 1
-        on_round(report)
+        on_progress(report)
     return report
 
 
@@ -368,7 +370,7 @@ def table(report: FidelityReport) -> Any:
 
 
 def run(args: Any) -> int:
-    """The `bench fidelity` command: the table (or --json); -o writes the JSON, rewritten after each round."""
+    """The `bench fidelity` command: the table (or --json); -o writes the JSON, rewritten after each run."""
     from bench.display import console, out
     from bench.fmt import write_text_atomic
 

@@ -216,3 +216,26 @@ def test_fidelity_runs_against_the_built_tools(tmp_path, capsys) -> None:
         assert m["llama_cpp_tps"][0] > 0 and m["bench_tps"][0] > 0
         assert m["ratio"] == pytest.approx(m["bench_median"] / m["llama_cpp_median"])
     assert doc["tools"]["llama-bench"].endswith("llama-bench")
+
+
+def test_a_failing_tool_exits_1_and_keeps_what_was_measured(tmp_path, monkeypatch, capsys) -> None:
+    exe = tmp_path / "tool"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    model = ResolvedModel(id="smollm2-135m-instruct", quantization="Q4_1", path=tmp_path / "m.gguf",
+                          sha256="cd" * 32, size_bytes=1, chat=True)
+    monkeypatch.setattr("bench.models.resolve.resolve_model", lambda ref: model)
+    monkeypatch.setattr(fidelity, "llama_cpp_python_version", lambda: "9.9.9")
+    lb = (FIXTURES / "llama-bench.json").read_text()
+    calls = iter([lb, "llama-bench: error: failed to create context\n"])
+    monkeypatch.setattr(fidelity, "_run_tool", lambda cmd: next(calls))
+    monkeypatch.setattr(fidelity, "bench_decode", lambda *a: 42.0)
+    out = tmp_path / "f.json"
+    rc = main(["fidelity", "--depth", "32", "--tokens", "16", "--parallel", "1", "--rounds", "2",
+               "--llama-bench", str(exe), "-o", str(out)])
+    assert rc == 1
+    assert "llama-bench printed no JSON array" in capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False
+    assert doc["measurements"][0]["llama_cpp_tps"] == [fidelity.parse_llama_bench(lb, 16, 32)]
+    assert doc["measurements"][0]["bench_tps"] == [42.0, 42.0]  # round 2 ran bench first
