@@ -255,6 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
     pj.add_argument("-o", "--output", help="also write the projection as JSON here")
     pj.set_defaults(func=_delegate("bench.project"))
 
+    fd = sub.add_parser("fidelity", help="bench's llama.cpp decode tokens/s beside llama.cpp's own llama-bench and "
+                        "llama-batched-bench, back to back (run on a quiet machine)",
+                        description="Measures bench's in-process llama.cpp decode rate against llama.cpp's own tools "
+                        "built by scripts/build-llama-tools.sh, interleaved over rounds. It must run on a quiet "
+                        "machine: nothing else may run while it measures (it warns when the load average is above "
+                        "0.5).")
+    fd.add_argument("--model", default=None, help="catalog model id (default: the embedded default)")
+    fd.add_argument("--threads", type=int, default=2, help="threads for both sides (default 2)")
+    fd.add_argument("--depth", type=int, default=512, help="prompt tokens before decoding (default 512)")
+    fd.add_argument("--tokens", type=int, default=128, help="tokens decoded (default 128, llama-bench's tg128)")
+    fd.add_argument("--parallel", default="1,4,8", metavar="N1,N2,...",
+                    help="1: decode at concurrency 1 vs llama-bench; N > 1: batched decode of N sequences vs "
+                         "llama-batched-bench (default 1,4,8)")
+    fd.add_argument("--rounds", type=int, default=2, help="interleaved rounds, order alternating (default 2)")
+    fd.add_argument("--llama-bench", metavar="PATH", help="llama-bench binary (default: the one "
+                    "scripts/build-llama-tools.sh built for the installed llama-cpp-python)")
+    fd.add_argument("--batched-bench", metavar="PATH", help="llama-batched-bench binary (default: as --llama-bench)")
+    fd.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    fd.add_argument("-o", "--output", help="also write the JSON here (rewritten after each run)")
+    fd.set_defaults(func=_delegate("bench.fidelity"))
+
     c = sub.add_parser("compare", help="compare a candidate run against a baseline; exit 1 on a regression")
     c.add_argument("baseline")
     c.add_argument("candidate")

@@ -21,6 +21,7 @@ class Request:
     seed: int = 0
     stop: list[str] = field(default_factory=list)
     reference: Any = None  # only the fake backend looks at it
+    ignore_eos: bool = False  # decode exactly max_tokens: an end-of-generation token does not stop it (bench fidelity)
 
 
 @dataclass

@@ -198,7 +198,7 @@ class LlamaCppBackend:
             tok, logp = sample_token(logits, req.temperature, rng)
             if gen.t_first_token is None:
                 gen.t_first_token = now
-            if lc.llama_vocab_is_eog(self._vocab, tok):
+            if lc.llama_vocab_is_eog(self._vocab, tok) and not req.ignore_eos:
                 finish = "stop"
                 harness += time.perf_counter() - h0
                 break

@@ -240,7 +240,7 @@ class BatchScheduler:
             tok, logp = sample_token(logits, s.req.temperature, s.rng)
             if s.gen.t_first_token is None:
                 s.gen.t_first_token = now
-            if self.engine.is_eog(tok):
+            if self.engine.is_eog(tok) and not s.req.ignore_eos:
                 s.finish = "stop"
                 return True
             s.out.append(tok)
