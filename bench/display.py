@@ -184,13 +184,18 @@ def results_table(summary: dict[str, Any], title: str | None = None) -> Table:
     return t
 
 
+def _as(value: Any, kind: type, default: Any) -> Any:
+    """`value` where it is of `kind`, else `default` (summary fields a reader cannot trust to be present)."""
+    return value if isinstance(value, kind) else default
+
+
 def best_throughput(cell: dict[str, Any]) -> str:
     """Requests/s of the batched main pass at its concurrency (`load`), else of the operating point's level."""
-    load = cell.get("load") if isinstance(cell.get("load"), dict) else {}
-    point = cell.get("operating_point") if isinstance(cell.get("operating_point"), dict) else {}
+    load: dict[str, Any] = _as(cell.get("load"), dict, {})
+    point: dict[str, Any] = _as(cell.get("operating_point"), dict, {})
     if isinstance(load.get("requests_per_s"), (int, float)):
         return f"{num(load['requests_per_s'], '.2f')} @ {load.get('concurrency')}"
-    levels = cell.get("load_levels") if isinstance(cell.get("load_levels"), list) else []
+    levels: list[Any] = _as(cell.get("load_levels"), list, [])
     level = next((lv for lv in levels if isinstance(lv, dict) and lv.get("level") == point.get("level")), None)
     if level is None or not isinstance(level.get("requests_per_s"), (int, float)):
         return "-"

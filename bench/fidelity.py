@@ -231,7 +231,7 @@ def bench_decode(model: Any, threads: int, depth: int, tokens: int, n: int) -> f
     from bench.config.suite import BackendConfig
     from bench.measure.timing import derive
 
-    cfg = TypeAdapter(BackendConfig).validate_python({"kind": "llamacpp", "n_threads": threads,
+    cfg: Any = TypeAdapter(BackendConfig).validate_python({"kind": "llamacpp", "n_threads": threads,
                                                       "n_ctx": max(4096, depth + tokens)})
     backend = create_backend(cfg, model)
     if not isinstance(backend, LlamaCppBackend):

@@ -225,7 +225,7 @@ def _load_figures(c: dict[str, Any]) -> dict[str, Any]:
     p95 beside it, throughput, cost basis and the answers that changed between concurrencies (bench/sweep.py)."""
     from bench.display import best_throughput, changed_text
 
-    loaded = c.get("loaded_latency") if isinstance(c.get("loaded_latency"), dict) else {}
+    loaded: dict[str, Any] = c["loaded_latency"] if isinstance(c.get("loaded_latency"), dict) else {}
     changed = c.get("changed_answers") if isinstance(c.get("changed_answers"), list) else None
     shown = bool(c.get("load") or c.get("load_levels") or changed)
     return {"latency_basis": str(c.get("latency_basis") or "") or None,
