@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from bench.fmt import finite
+from bench.results.columns import column
 from bench.stats import paired_bootstrap_diff
 
 DEFAULT_FACTOR = 1.10
@@ -82,7 +83,7 @@ _NUMBERS = {float, int, bool}
 def _column(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
     """A field of every row as floats, and where it is a number at all (a bool counts, as isinstance says);
     plain numbers and None convert in one numpy call."""
-    raw = [r.get(key) for r in rows]
+    raw = column(rows, key)
     types = set(map(type, raw))
     if types <= _NUMBERS | {type(None)}:
         try:
@@ -106,7 +107,7 @@ def _pairs(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]], key: str)
 
 def _decode_side(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Decoded tokens after the first and decode seconds per row, NaN where either is missing or not positive."""
-    comp = [r.get("completion_tokens") for r in rows]
+    comp = column(rows, "completion_tokens")
     if set(map(type, comp)) <= {int, type(None)}:
         tok = np.array([c or 0 for c in comp], dtype=float) - 1
     else:
@@ -125,8 +126,8 @@ def _decode_parts(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]]) ->
     return d[~np.isnan(d).any(axis=1)].reshape(-1, 4)
 
 
-def _peak(rows: list[dict[str, Any]], key: str) -> float | None:
-    raw = [r.get(key) for r in rows]
+def _peak(rows: list[Any], key: str) -> float | None:
+    raw = column(rows, key)
     if set(map(type, raw)) <= _NUMBERS | {type(None)}:
         vals = [v for v in raw if v is not None]
     else:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
+from bench.results.columns import Window, column
 from bench.stats import mean_ci, percentile, samples_to_decide
 from bench.thresholds.gather import TaskData, Tier
 
@@ -134,18 +134,11 @@ class _Columns:
     mean_latency: float
 
 
-def _fields(rows: Iterable[dict[str, Any]], keys: tuple[str, ...]) -> list[list[Any]]:
-    """Each key's value in every row (None where a row lacks it), one list per key; rows holding every key, as
-    the runner writes them, are read by C-level passes that make no tuples (with a million rows alive, every
-    container made wakes the garbage collector)."""
+def _fields(rows: Iterable[Any], keys: tuple[str, ...]) -> list[list[Any]]:
+    """Each key's value in every row (None where a row lacks it), one list per key (bench.results.columns.column:
+    dict rows and SampleFields alike, read by C-level passes that make no tuples)."""
     rows = list(rows)
-    out = []
-    for k in keys:
-        try:
-            out.append(list(map(itemgetter(k), rows)))
-        except KeyError:
-            out.append([r.get(k) for r in rows])
-    return out
+    return [column(rows, k) for k in keys]
 
 
 _KEYS = ("error", "score", "verified", "confidence", "cost_usd", "latency_s", "contention")
@@ -217,7 +210,7 @@ def _stats(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray, hold: np.ndarr
 
 def _contended(contention: list[Any]) -> bool | None:
     """Whether other processes took CPU in more than a tenth of the answered samples' windows (None: unmeasured)."""
-    windows = [w for w in contention if isinstance(w, dict)]
+    windows = [w for w in contention if isinstance(w, (dict, Window))]
     return sum(bool(w.get("contended")) for w in windows) / len(windows) > 0.1 if windows else None
 
 
@@ -245,7 +238,8 @@ def calibrate(task: TaskData) -> Calibrated:
     union = set().union(*(set(t.rows) for t in task.tiers)) if task.tiers else set()
     if len(ids) < len(union):
         notes.append(f"{len(union) - len(ids)} sample(s) did not run on every tier and were left out")
-    split_of = {sid: task.tiers[0].rows[sid].get("split") for sid in ids}
+    first = task.tiers[0].rows if task.tiers else {}
+    split_of = dict(zip(ids, column([first[sid] for sid in ids], "split")))
     cal_ids = [s for s in ids if split_of[s] == "calibration"]
     hold_ids = [s for s in ids if split_of[s] == "holdout"]
     cal_idx = np.array([i for i, s in enumerate(ids) if split_of[s] == "calibration"], dtype=np.intp)
