@@ -13,10 +13,13 @@ the one dict reader, and the fast path only ever handles the rows that reader pa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from operator import attrgetter, itemgetter
+import re
+from collections import deque
+from collections.abc import Iterator, Sequence
+from itertools import compress, count, repeat
+from operator import attrgetter, itemgetter, ne, or_
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 import orjson
@@ -103,27 +106,63 @@ def _exact(block: bytes, first: int, final: bool, path: Path) -> list[SampleFiel
     return [_project(r) for r in rows or []]
 
 
-def _fast(block: bytes, n: int) -> list[SampleFields] | None:
+def _fast(block: memoryview, n: int) -> list[SampleFields] | None:
     """`n` whole lines decoded at once, or None where the exact path must decide (see the module's docstring)."""
     try:
         rows = _DECODER.decode_lines(block)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    if len(rows) != n:  # a blank line, or a line holding other than one value
+    if len(rows) != n:  # with no blank line (checked by the caller): a line holding other than one value
         return None
-    if rows and (set(map(attrgetter("schema_version"), rows)) != {SCHEMA_VERSION}
-                 or set(map(type, map(attrgetter("sample_id"), rows))) != {str}):
+    if not rows:
+        return rows
+    if set(map(attrgetter("schema_version"), rows)) != {SCHEMA_VERSION} \
+            or set(map(type, map(attrgetter("sample_id"), rows))) != {str}:
         return None
-    prev_id, prev_raw, cell = None, None, None
-    for r in rows:  # decode a cell once per stretch (the merge reads it at a stretch's first row)
-        raw = r.cell
-        if r.cell_id != prev_id or raw != prev_raw:
-            cell = orjson.loads(memoryview(raw))
-            if type(cell) is not dict:
-                return None
-            prev_id, prev_raw = r.cell_id, raw
-        r.cell = cell  # drops the raw slice, which would keep the whole block alive
+    # a cell's object is decoded once per stretch of equal rows (the merge reads it at a stretch's first row) and
+    # stored in each row in place of its raw slice, which would keep the whole block alive
+    raws, cids = list(map(attrgetter("cell"), rows)), list(map(attrgetter("cell_id"), rows))
+    starts = [0, *compress(count(1), map(or_, map(ne, raws[1:], raws), map(ne, cids[1:], cids))), len(rows)]
+    cells: list[Any] = []
+    for a, b in zip(starts, starts[1:]):
+        cell = orjson.loads(memoryview(raws[a]))
+        if type(cell) is not dict:
+            return None
+        cells += [cell] * (b - a)
+    del raws
+    deque(map(setattr, rows, repeat("cell"), cells), maxlen=0)
     return rows  # type: ignore[return-value]
+
+
+_BLANK = re.compile(rb"\n[\n \t\r]")  # a blank line, or one that opens with whitespace: left to the exact path
+_SPACE = (b"\n", b" ", b"\t", b"\r")
+
+
+def _blocks(f: BinaryIO, path: Path) -> Iterator[tuple[memoryview | bytes, int, bool]]:
+    """(block, its newlines, final) for whole-line blocks of about _BLOCK bytes, read into one reused buffer (use
+    a block before asking for the next); last, where the file ends without a newline, that line, final True."""
+    buf = bytearray(_BLOCK)
+    filled = 0
+    while True:
+        if filled == len(buf):  # a line longer than the buffer
+            buf.extend(bytes(len(buf)))
+        with memoryview(buf) as view:
+            try:
+                got = f.readinto(view[filled:])
+            except OSError as exc:
+                raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+            if not got:
+                break
+            filled += got
+            end = buf.rfind(b"\n", 0, filled) + 1
+            if end == 0:
+                continue
+            with view[:end] as block:
+                yield block, buf.count(b"\n", 0, end), False
+        buf[:filled - end] = buf[end:filled]
+        filled -= end
+    if filled:
+        yield bytes(buf[:filled]), 0, True
 
 
 def read_fields(path: Path) -> list[SampleFields]:
@@ -137,25 +176,12 @@ def read_fields(path: Path) -> list[SampleFields]:
     except OSError as exc:
         raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
     out: list[SampleFields] = []
-    line, rest = 1, b""
+    line = 1
     with f, _no_gc():
-        while True:
-            try:
-                chunk = f.read(_BLOCK)
-            except OSError as exc:
-                raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
-            if not chunk:
-                break
-            data = rest + chunk if rest else chunk
-            end = data.rfind(b"\n") + 1
-            if end == 0:
-                rest = data
-                continue
-            block, rest = data[:end], data[end:]
-            n = block.count(b"\n")
-            rows = _fast(block, n)
-            out.extend(rows if rows is not None else _exact(block, line, False, path))
+        for block, n, final in _blocks(f, path):
+            plain = not final and block[:1] not in _SPACE and _BLANK.search(block) is None
+            rows = _fast(block, n) if plain else None  # type: ignore[arg-type]
+            out.extend(rows if rows is not None else _exact(bytes(block), line, final, path))
+            del rows
             line += n
-        if rest:  # a final line without its newline: kept if whole, skipped if torn
-            out.extend(_exact(rest, line, True, path))
     return out
