@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from itertools import compress, count, repeat
 from operator import attrgetter, itemgetter, ne, or_
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import msgspec
 import orjson
@@ -70,10 +70,13 @@ class SampleFields(msgspec.Struct, gc=False):
         return getattr(self, key)
 
 
-class _Raw(SampleFields, gc=False):
-    """The decoding shape: `cell` kept as raw JSON until its stretch is known."""
+class _Raw(SampleFields, gc=False, kw_only=True):
+    """The decoding shape: `cell` kept as raw JSON until its stretch is known; anything but a current-version row
+    with a string sample_id fails to decode, and goes to the exact path (a number as sample_id, an older version)."""
 
     cell: msgspec.Raw
+    sample_id: str
+    schema_version: Literal[SCHEMA_VERSION]  # type: ignore[valid-type]
 
 
 FIELDS = tuple(f for f in SampleFields.__struct_fields__ if f != "schema_version")
@@ -112,12 +115,7 @@ def _fast(block: memoryview, n: int) -> list[SampleFields] | None:
         rows = _DECODER.decode_lines(block)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    if len(rows) != n:  # with no blank line (checked by the caller): a line holding other than one value
-        return None
-    if not rows:
-        return rows
-    if set(map(attrgetter("schema_version"), rows)) != {SCHEMA_VERSION} \
-            or set(map(type, map(attrgetter("sample_id"), rows))) != {str}:
+    if len(rows) != n or not rows:  # every line opens an object (checked by the caller): one holds two
         return None
     # a cell's object is decoded once per stretch of equal rows (the merge reads it at a stretch's first row) and
     # stored in each row in place of its raw slice, which would keep the whole block alive
@@ -134,8 +132,8 @@ def _fast(block: memoryview, n: int) -> list[SampleFields] | None:
     return rows  # type: ignore[return-value]
 
 
-_BLANK = re.compile(rb"\n[\n \t\r]")  # a blank line, or one that opens with whitespace: left to the exact path
-_SPACE = (b"\n", b" ", b"\t", b"\r")
+# A line that does not open with '{' (a blank one, a value continued from the line before): the exact path's.
+_ODD_LINE = re.compile(rb"\n[^{]")
 
 
 def _blocks(f: BinaryIO, path: Path) -> Iterator[tuple[memoryview | bytes, int, bool]]:
@@ -179,9 +177,35 @@ def read_fields(path: Path) -> list[SampleFields]:
     line = 1
     with f, _no_gc():
         for block, n, final in _blocks(f, path):
-            plain = not final and block[:1] not in _SPACE and _BLANK.search(block) is None
+            plain = not final and block[:1] == b"{" and _ODD_LINE.search(block) is None
             rows = _fast(block, n) if plain else None  # type: ignore[arg-type]
             out.extend(rows if rows is not None else _exact(bytes(block), line, final, path))
             del rows
             line += n
     return out
+
+
+class _PointCell(msgspec.Struct, gc=False):
+    cell_id: Any = None
+    operating_point: Any = None
+    cost_per_1k_usd_sequential: Any = None
+    cost_basis: Any = None
+
+
+class _PointSummary(msgspec.Struct, gc=False):
+    schema_version: Any = None
+    cells: list[_PointCell] | None = None
+
+
+def summary_points(path: Path) -> list[dict[str, Any]] | None:
+    """summary.json's cells with only their operating-point keys (what thresholds prices a cell by), skipping the
+    raw timings; None where the slim read cannot decide (not current-version, not plain JSON, odd `cells`): read
+    the file whole then, for its errors and migrations."""
+    try:
+        doc = msgspec.json.decode(path.read_bytes(), type=_PointSummary)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if type(doc.schema_version) is not int or doc.schema_version != SCHEMA_VERSION:
+        return None
+    keys = _PointCell.__struct_fields__
+    return [{k: getattr(c, k) for k in keys} for c in doc.cells or []]

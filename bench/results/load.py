@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from operator import attrgetter, itemgetter
+from itertools import compress, count
+from operator import attrgetter, itemgetter, ne
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +119,10 @@ def merge(runs: list[Run]) -> dict[str, CellRows]:
         get = itemgetter if type(rows[0]) is dict else attrgetter  # dict rows, or SampleFields (slim)
         cids = list(map(get("cell_id"), rows))
         sids = list(map(get("sample_id"), rows))
-        if not all(type(s) is str for s in sids):
+        if set(map(type, sids)) != {str}:
             sids = [str(s) for s in sids]
         # rows of one cell come in long stretches: the cell is looked up once per stretch, its rows stored at once
-        starts = [0] + [k for k, (a, b) in enumerate(zip(cids, cids[1:]), 1) if a != b] + [len(rows)]
+        starts = [0, *compress(count(1), map(ne, cids[1:], cids)), len(rows)]
         for line, end in zip(starts, starts[1:]):
             cid, r = cids[line], rows[line]
             c = cells.get(cid)

@@ -43,6 +43,13 @@ class Split:
             self._cumulative[chain] = (np.cumsum(self.cost[idx], axis=0), np.cumsum(self.latency[idx], axis=0))
         return self._cumulative[chain]
 
+    def cumulative_usd(self, chain: tuple[int, ...]) -> np.ndarray:
+        """Dollars summed along a chain, as `cumulative`: computed once per chain."""
+        key = ("usd", *chain)
+        if key not in self._cumulative:
+            self._cumulative[key] = np.cumsum(self.cost_usd[list(chain)], axis=0)
+        return self._cumulative[key]
+
 
 @dataclass
 class TierStats:

@@ -145,7 +145,7 @@ def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95:
     for run in kept.runs:
         inputs.update(run.dir.inputs())
     config = suite.get("config") or {}
-    summaries: dict[int, Any] = {}  # id(run) -> its summary.json, read once however many of its cells are tiers
+    summaries: dict[int, Any] = {}  # id(run) -> its summary's cells, read once however many of them are tiers
     tiers = []
     for cid, merged in sorted(kept.cells.items()):
         assert merged.run is not None  # a merged cell has at least one row, so a run
@@ -202,24 +202,35 @@ def gather(paths: list[str | Path], targets: dict[str, float] | None = None,
     return [_build_task(name, by_name[name], targets, max_p95) for name in sorted(by_name)]
 
 
+def _summary_cells(run: Any) -> list[Any]:
+    """A run's summary.json cells, read slim where it can be (bench.results.columns.summary_points)."""
+    from bench.results.columns import summary_points
+
+    path = run.dir.summary_path
+    if not path.exists():
+        return []
+    cells = summary_points(path)
+    if cells is None:
+        cells = (run.summary() or {}).get("cells") or []
+    return cells
+
+
 def _operating_point(run: Any, cell_id: str, summaries: dict[int, Any] | None = None) -> dict[str, Any]:
     """A cell timed at several concurrency levels (`bench run --concurrency`) is priced at its operating point:
     each request's one-at-a-time cost scaled by the summary's operating-point cost over its sequential cost.
-    `summaries` caches each run's summary.json by id(run)."""
+    `summaries` caches each run's summary cells by id(run)."""
     if run is None:
-        summary = None
+        cells: list[Any] = []
     elif summaries is None:
-        summary = run.summary()
+        cells = _summary_cells(run)
     else:
         if id(run) not in summaries:
-            summaries[id(run)] = run.summary()
-        summary = summaries[id(run)]
-    cell = next((c for c in (summary or {}).get("cells") or [] if isinstance(c, dict)
-                 and c.get("cell_id") == cell_id), None)
+            summaries[id(run)] = _summary_cells(run)
+        cells = summaries[id(run)]
+    cell = next((c for c in cells if isinstance(c, dict) and c.get("cell_id") == cell_id), None)
     if cell is None:
         return {}
     point, seq, basis = cell.get("operating_point"), cell.get("cost_per_1k_usd_sequential"), cell.get("cost_basis")
     if not isinstance(point, dict) or not point.get("cost_per_1k_usd") or not seq:
         return {"cost_basis": basis}
     return {"cost_factor": float(point["cost_per_1k_usd"]) / float(seq), "cost_basis": basis}
-

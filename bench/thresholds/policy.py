@@ -109,7 +109,7 @@ def replay(split: Split, policy: Policy) -> Replay:
     rows = np.asarray(chain)[stop]
     cum_cost, cum_latency = split.cumulative(tuple(chain))
     return Replay(stop=stop, value=split.value[rows, cols], cost=cum_cost[stop, cols],
-                  latency=cum_latency[stop, cols], usd=np.cumsum(split.cost_usd[chain], axis=0)[stop, cols],
+                  latency=cum_latency[stop, cols], usd=split.cumulative_usd(tuple(chain))[stop, cols],
                   escalated=stop > 0)
 
 
