@@ -188,3 +188,18 @@ def test_counted_percentile_matches_numpy(n: int) -> None:
         assert np.array_equal(speed._percentile_diff(with_nan, y, 95)(i),
                               np.percentile(y[i], 95, axis=1) - np.percentile(with_nan[i], 95, axis=1),
                               equal_nan=True)
+
+
+def test_intervals_from_shared_draws_match_their_own() -> None:
+    """compare draws once for the latency and decode intervals when both have the same samples: each interval is
+    the one its own draws give."""
+    rng = np.random.default_rng(3)
+    for n in (2, 50, 3000):
+        x, y = rng.lognormal(size=n), rng.lognormal(size=n)
+        f = speed._percentile_diff(x, y, 95)
+
+        def g(i: np.ndarray) -> np.ndarray:
+            return y[i].mean(axis=1) - x[i].mean(axis=1)
+
+        assert speed.paired_intervals(n, [f, g]) == [speed.paired_interval(n, f), speed.paired_interval(n, g)]
+    assert speed.paired_intervals(1, [f, g]) == [None, None]
