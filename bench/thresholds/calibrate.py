@@ -218,7 +218,7 @@ def _stats(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray, hold: np.ndarr
 def _contended(contention: list[Any]) -> bool | None:
     """Whether other processes took CPU in more than a tenth of the answered samples' windows (None: unmeasured)."""
     windows = [w for w in contention if isinstance(w, (dict, Window))]
-    return sum(bool(w.get("contended")) for w in windows) / len(windows) > 0.1 if windows else None
+    return sum(map(bool, column(windows, "contended"))) / len(windows) > 0.1 if windows else None
 
 
 def _exclusions(task: TaskData, s: TierStats) -> list[str]:
