@@ -124,7 +124,7 @@ def _score(row: dict[str, Any]) -> float | None:
 
 
 def _errored(rows: list[Any]) -> np.ndarray:
-    return np.array([bool(e) for e in column(rows, "error")], dtype=bool)
+    return np.array(list(map(bool, column(rows, "error"))), dtype=bool)
 
 
 def _scores(rows: list[dict[str, Any]], failed: np.ndarray) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from itertools import repeat
+from operator import is_not
 from typing import Any
 
 import numpy as np
@@ -186,7 +188,7 @@ def _column(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarra
         try:
             return (np.array(raw, dtype=float),
                     np.ones(len(raw), dtype=bool) if type(None) not in types
-                    else np.array([v is not None for v in raw], dtype=bool))
+                    else np.array(list(map(is_not, raw, repeat(None))), dtype=bool))
         except OverflowError:
             pass
     nums = [float(v) if isinstance(v, (int, float)) else None for v in raw]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import is_not
 from typing import Any
 
 import numpy as np
@@ -153,11 +155,11 @@ _KEYS = ("error", "score", "verified", "confidence", "cost_usd", "latency_s", "c
 
 def _columns(t: Tier, ids: list[str]) -> _Columns:
     error_, score, verified, raw_conf, cost, latency, contention = _fields(map(t.rows.__getitem__, ids), _KEYS)
-    error = np.array([bool(e) for e in error_], dtype=bool)
+    error = np.array(list(map(bool, error_)), dtype=bool)
     value = _floats(score, allow_bool=True)
     value[error] = 0.0  # a router must answer every request: a failed one counts as wrong
-    return _Columns(value=value, error=error, verified=np.array([bool(v) for v in verified], dtype=bool) & ~error,
-                    conf=_floats(raw_conf), has_conf=np.array([c is not None for c in raw_conf], dtype=bool),
+    return _Columns(value=value, error=error, verified=np.array(list(map(bool, verified)), dtype=bool) & ~error,
+                    conf=_floats(raw_conf), has_conf=np.array(list(map(is_not, raw_conf, repeat(None))), dtype=bool),
                     cost_usd=_floats(cost) * t.cost_factor, latency=_floats(latency), contention=contention,
                     **_tier_means(t))
 
@@ -166,7 +168,7 @@ def _tier_means(t: Tier) -> dict[str, float]:
     """Mean cost and latency over every answered row of the tier (shared or not), each summed in row order as a
     Python sum; NaN where there is none."""
     error, cost, latency = _fields(t.rows.values(), ("error", "cost_usd", "latency_s"))
-    answered = ~np.array([bool(e) for e in error], dtype=bool)
+    answered = ~np.array(list(map(bool, error)), dtype=bool)
     out = {}
     for name, col in (("mean_cost", cost), ("mean_latency", latency)):
         vals = _floats(col)[answered]
