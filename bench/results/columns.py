@@ -16,10 +16,11 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Iterator, Sequence
+from io import BufferedReader
 from itertools import compress, count, repeat
 from operator import attrgetter, itemgetter, ne, or_
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -85,7 +86,8 @@ _DECODER = msgspec.json.Decoder(_Raw)
 
 def _project(row: dict[str, Any]) -> SampleFields:
     """A row the exact reader passed, as SampleFields (values kept as they are, whatever their type)."""
-    return SampleFields(**{k: row.get(k) for k in FIELDS}, schema_version=SCHEMA_VERSION)
+    values: dict[str, Any] = {k: row.get(k) for k in FIELDS}
+    return SampleFields(**values, schema_version=SCHEMA_VERSION)
 
 
 def column(rows: Sequence[Any], key: str) -> list[Any]:
@@ -136,7 +138,7 @@ def _fast(block: memoryview, n: int) -> list[SampleFields] | None:
 _ODD_LINE = re.compile(rb"\n[^{]")
 
 
-def _blocks(f: BinaryIO, path: Path) -> Iterator[tuple[memoryview | bytes, int, bool]]:
+def _blocks(f: BufferedReader, path: Path) -> Iterator[tuple[memoryview | bytes, int, bool]]:
     """(block, its newlines, final) for whole-line blocks of about _BLOCK bytes, read into one reused buffer (use
     a block before asking for the next); last, where the file ends without a newline, that line, final True."""
     buf = bytearray(_BLOCK)
