@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import is_not
+from itertools import compress, repeat
+from operator import eq, is_not
 from typing import Any
 
 import numpy as np
@@ -248,11 +248,11 @@ def calibrate(task: TaskData) -> Calibrated:
     if len(ids) < len(union):
         notes.append(f"{len(union) - len(ids)} sample(s) did not run on every tier and were left out")
     first = task.tiers[0].rows if task.tiers else {}
-    split_of = dict(zip(ids, column([first[sid] for sid in ids], "split")))
-    cal_ids = [s for s in ids if split_of[s] == "calibration"]
-    hold_ids = [s for s in ids if split_of[s] == "holdout"]
-    cal_idx = np.array([i for i, s in enumerate(ids) if split_of[s] == "calibration"], dtype=np.intp)
-    hold_idx = np.array([i for i, s in enumerate(ids) if split_of[s] == "holdout"], dtype=np.intp)
+    splits = column([first[sid] for sid in ids], "split")
+    is_cal = np.fromiter(map(eq, splits, repeat("calibration")), dtype=bool, count=len(ids))
+    is_hold = np.fromiter(map(eq, splits, repeat("holdout")), dtype=bool, count=len(ids))
+    cal_ids, hold_ids = list(compress(ids, is_cal.tolist())), list(compress(ids, is_hold.tolist()))
+    cal_idx, hold_idx = np.flatnonzero(is_cal).astype(np.intp), np.flatnonzero(is_hold).astype(np.intp)
     columns = {id(t): _columns(t, ids) for t in task.tiers}
     stats = [_stats(task, t, columns[id(t)], cal_idx, hold_idx) for t in task.tiers]
     for s in stats:
