@@ -155,7 +155,7 @@ def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95:
         backend = _scrub(backend) if isinstance(backend, dict) else None
         cell = merged.cell
         kind = str((backend or {}).get("kind") or cell.get("backend") or "")
-        localities = sorted({str(v) for v in column(list(rows.values()), "locality") if v})
+        localities = _localities(column(list(rows.values()), "locality"))
         locality = localities[0] if len(localities) == 1 else (
             "cloud" if "cloud" in localities else str((backend or {}).get("locality", "local")))
         in_process = kind in BACKENDS and backend_traits(kind).priced_by == "hour"
@@ -186,6 +186,17 @@ def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95:
                     tiers=tiers, run_ids=sorted(r.run_id for r in kept.runs), notes=notes,
                     min_samples=int(suite.get("min_samples") or 30), delta=float(suite.get("delta") or 0.05),
                     inputs=inputs, run_paths=[r.path for r in kept.runs], prerouter=_prerouter(config))
+
+
+def _localities(values: list[Any]) -> list[str]:
+    """The distinct localities the rows name, sorted (strings, as the runner writes them, converted once each)."""
+    try:
+        distinct: Any = set(values)
+    except TypeError:  # an unhashable value (a hand-edited row)
+        distinct = values
+    if not all(v is None or type(v) is str for v in distinct):  # 1 and True are one set member, two names
+        distinct = values
+    return sorted({str(v) for v in distinct if v})
 
 
 def gather(paths: list[str | Path], targets: dict[str, float] | None = None,
