@@ -158,20 +158,26 @@ def _columns(t: Tier, ids: list[str]) -> _Columns:
     error = np.array(list(map(bool, error_)), dtype=bool)
     value = _floats(score, allow_bool=True)
     value[error] = 0.0  # a router must answer every request: a failed one counts as wrong
+    cost_f, latency_f = _floats(cost), _floats(latency)
+    # the tier's rows are the shared samples in the same order (the usual case): its means read the same columns
+    mine = (error, cost_f, latency_f) if len(t.rows) == len(ids) and list(t.rows) == ids else None
     return _Columns(value=value, error=error, verified=np.array(list(map(bool, verified)), dtype=bool) & ~error,
                     conf=_floats(raw_conf), has_conf=np.array(list(map(is_not, raw_conf, repeat(None))), dtype=bool),
-                    cost_usd=_floats(cost) * t.cost_factor, latency=_floats(latency), contention=contention,
-                    **_tier_means(t))
+                    cost_usd=cost_f * t.cost_factor, latency=latency_f, contention=contention,
+                    **_tier_means(t, mine))
 
 
-def _tier_means(t: Tier) -> dict[str, float]:
+def _tier_means(t: Tier, columns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """Mean cost and latency over every answered row of the tier (shared or not), each summed in row order as a
-    Python sum; NaN where there is none."""
-    error, cost, latency = _fields(t.rows.values(), ("error", "cost_usd", "latency_s"))
-    answered = ~np.array(list(map(bool, error)), dtype=bool)
+    Python sum; NaN where there is none. `columns`: the rows' error flags, _floats of cost_usd and of latency_s,
+    in row order, where the caller has them already."""
+    if columns is None:
+        error, cost, latency = _fields(t.rows.values(), ("error", "cost_usd", "latency_s"))
+        columns = (np.array(list(map(bool, error)), dtype=bool), _floats(cost), _floats(latency))
+    answered = ~columns[0]
     out = {}
-    for name, col in (("mean_cost", cost), ("mean_latency", latency)):
-        vals = _floats(col)[answered]
+    for name, col in (("mean_cost", columns[1]), ("mean_latency", columns[2])):
+        vals = col[answered]
         kept = vals[~np.isnan(vals)].tolist()
         out[name] = sum(kept) / len(kept) if kept else math.nan
     out["mean_cost"] *= t.cost_factor  # the operating point's price, where the cell was timed at several levels
