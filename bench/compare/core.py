@@ -13,6 +13,7 @@ from bench import SCHEMA_VERSION
 from bench.compare.speed import DEFAULT_FACTOR, compare_speed
 from bench.errors import UserInputError
 from bench.fmt import finite, num
+from bench.results.columns import column
 from bench.results.load import load_runs
 from bench.results.schema import cell_label
 from bench.routing_file import RoutingDoc
@@ -31,7 +32,7 @@ class CellData:
     cell: dict[str, Any]
     cell_id: str
     run_id: str
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: dict[str, Any] = field(default_factory=dict)  # sample_id -> row (a dict, or SampleFields when loaded)
 
     @property
     def short(self) -> str:
@@ -55,7 +56,7 @@ class TaskData:
 def load_side(path: str | Path) -> dict[str, TaskData]:
     """Every suite found at or below path, by suite name."""
     tasks: dict[str, TaskData] = {}
-    for name, found in load_runs([path], lean=True).suites.items():  # speed reads latency_s, not the timings
+    for name, found in load_runs([path], slim=True).suites.items():  # only the fields the comparison reads
         cells = [CellData(cell=c.cell, cell_id=cid, run_id=c.run_id, rows=c.rows) for cid, c in found.cells.items()]
         tasks[name] = TaskData(name=name, suite=found.latest.manifest.suite.model_dump(),
                                runs=[r.run_id for r in found.runs], cells=cells,
@@ -122,14 +123,14 @@ def _score(row: dict[str, Any]) -> float | None:
         return None
 
 
-def _errored(rows: list[dict[str, Any]]) -> np.ndarray:
-    return np.array([bool(r.get("error")) for r in rows], dtype=bool)
+def _errored(rows: list[Any]) -> np.ndarray:
+    return np.array(list(map(bool, column(rows, "error"))), dtype=bool)
 
 
 def _scores(rows: list[dict[str, Any]], failed: np.ndarray) -> np.ndarray:
     """`_score` of each row as one array, NaN where it is None. Plain numbers and None, the usual scores,
     convert in one numpy call; anything else goes through _score row by row."""
-    raw = [r.get("score") for r in rows]
+    raw = column(rows, "score")
     if set(map(type, raw)) <= {float, int, type(None)}:
         try:
             out = np.array(raw, dtype=float)

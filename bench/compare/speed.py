@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from itertools import repeat
+from operator import is_not
 from typing import Any
 
 import numpy as np
 
 from bench.fmt import finite
+from bench.results.columns import column
 from bench.stats import paired_bootstrap_diff
 
 DEFAULT_FACTOR = 1.10
@@ -33,18 +36,115 @@ def paired_interval(n: int, diff_of: Callable[[np.ndarray], np.ndarray], *, n_bo
     the same requests; `diff_of(idx)` gets a (resamples, n) index matrix and returns one difference per row.
     Resamples are drawn in blocks, so memory stays bounded; past WORK_VALUES / n_boot samples there are fewer
     of them (at least MIN_BOOT), so the work stays bounded too."""
+    return paired_intervals(n, [diff_of], n_boot=n_boot, seed=seed)[0]
+
+
+def paired_intervals(n: int, diffs: list[Callable[[np.ndarray], np.ndarray]], *, n_boot: int = N_BOOT,
+                     seed: int = SEED) -> list[tuple[float, float] | None]:
+    """paired_interval of several statistics of the same n samples, from one set of draws: each interval is the
+    one paired_interval gives it alone (the draws depend only on n, n_boot and seed), drawn once."""
     if n < 2:
-        return None
+        return [None] * len(diffs)
     n_boot = min(n_boot, max(MIN_BOOT, WORK_VALUES // n))
     rng = np.random.default_rng(seed)
     block = max(1, BLOCK_VALUES // n)
-    parts = [np.asarray(diff_of(rng.integers(0, n, size=(min(block, n_boot - start), n))), dtype=float)
-             for start in range(0, n_boot, block)]
-    d = np.concatenate(parts)
-    d = d[np.isfinite(d)]
-    if d.size == 0:
-        return None
-    return float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))
+    parts: list[list[np.ndarray]] = [[] for _ in diffs]
+    for start in range(0, n_boot, block):
+        idx = rng.integers(0, n, size=(min(block, n_boot - start), n))
+        for part, diff_of in zip(parts, diffs):
+            part.append(np.asarray(diff_of(idx), dtype=float))
+    out: list[tuple[float, float] | None] = []
+    for part in parts:
+        d = np.concatenate(part)
+        d = d[np.isfinite(d)]
+        out.append(None if d.size == 0 else (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))))
+    return out
+
+
+def _percentile_diff(x: np.ndarray, y: np.ndarray, q: float) -> Callable[[np.ndarray], np.ndarray]:
+    """diff_of for paired_interval: np.percentile(y[i], q, axis=1) - np.percentile(x[i], q, axis=1), the same
+    numbers found by counting instead of partitioning: a resample's k-th smallest value is the sorted value at the
+    rank where its draws, counted per sample and summed in sorted order, pass k; one count serves both sides.
+    Where that cannot be exact (NaN values, a numpy whose interpolation differs from the one written here),
+    numpy's percentile itself."""
+    n = x.size
+    if not _counting_ok() or n < 2 or np.isnan(x).any() or np.isnan(y).any():
+        return lambda i: (np.percentile(y[i], q, axis=1, overwrite_input=True)
+                          - np.percentile(x[i], q, axis=1, overwrite_input=True))
+    order_x, order_y = np.argsort(x, kind="stable"), np.argsort(y, kind="stable")
+    sorted_x, sorted_y = x[order_x], y[order_y]
+    lo, hi, gamma = _order_stats(n, q)
+
+    def diff_of(i: np.ndarray) -> np.ndarray:
+        counts = _draw_counts(i)
+        return _pick(counts, order_y, sorted_y, lo, hi, gamma) - _pick(counts, order_x, sorted_x, lo, hi, gamma)
+
+    return diff_of
+
+
+def _order_stats(n: int, q: float) -> tuple[int, int, np.ndarray]:
+    """The two order statistics numpy's linear percentile interpolates between, and the weight (its arithmetic)."""
+    virtual = (n - 1) * np.true_divide(np.asanyarray(q), 100)
+    lo = int(np.floor(virtual))
+    hi = min(lo + 1, n - 1)
+    return lo, hi, np.asanyarray(virtual - lo, dtype=virtual.dtype)
+
+
+def _draw_counts(i: np.ndarray) -> np.ndarray:
+    """How often each sample was drawn, per resample (row of i)."""
+    rows, n = i.shape
+    return np.bincount((i + (np.arange(rows, dtype=i.dtype) * n)[:, None]).ravel(),
+                       minlength=rows * n).reshape(rows, n)
+
+
+def _pick(counts: np.ndarray, order: np.ndarray, sorted_v: np.ndarray, lo: int, hi: int,
+          gamma: np.ndarray) -> np.ndarray:
+    """Per resample, the linear percentile between its lo-th and hi-th smallest values (numpy's _lerp).
+
+    The running count of draws in sorted order is needed only from a little below rank lo: from twice the
+    distance to the top, and further down where a row's draws below that already pass lo."""
+    rows, n = counts.shape
+    begin = max(0, lo - 2 * (n - lo))
+    while True:
+        window = counts[:, order[begin:]]
+        below = n - window.sum(axis=1)
+        if begin == 0 or (below <= lo).all():
+            break
+        begin = max(0, begin - 4 * (n - begin))
+    cum = np.cumsum(window, axis=1)
+    step = np.arange(rows, dtype=cum.dtype) * (n + 1)  # each row's running count (at most n) raised past the
+    cum += (below + step)[:, None]                    # row before's: one increasing sequence over every row
+    flat = cum.ravel()
+    start = np.arange(rows, dtype=np.intp) * (n - begin) - begin
+
+    def kth(k: int) -> np.ndarray:  # the rank of each row's k-th smallest draw: where its running count passes k
+        return np.searchsorted(flat, step + k, side="right") - start
+
+    a, b = sorted_v[kth(lo)], sorted_v[kth(hi)]
+    diff = b - a
+    out = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5, casting="unsafe", dtype=out.dtype)
+    return out
+
+
+_COUNTING_OK: bool | None = None
+
+
+def _counting_ok() -> bool:
+    """Whether counting gives numpy's percentiles to the bit here (checked once, on draws with ties and a spread
+    of sizes): the interpolation above is numpy's own, written out, and a numpy could change it."""
+    global _COUNTING_OK
+    if _COUNTING_OK is None:
+        rng = np.random.default_rng(1)
+        ok = True
+        for n in (2, 3, 20, 21, 57, 400):
+            v = np.round(rng.lognormal(size=n), 2)
+            i = rng.integers(0, n, size=(7, n))
+            order = np.argsort(v, kind="stable")
+            got = _pick(_draw_counts(i), order, v[order], *_order_stats(n, 95))
+            ok = ok and np.array_equal(got, np.percentile(v[i], 95, axis=1))
+        _COUNTING_OK = bool(ok)
+    return _COUNTING_OK
 
 
 def judge(base: float | None, cand: float | None, *, lower_is_better: bool, interval: tuple[float, float] | None,
@@ -82,13 +182,13 @@ _NUMBERS = {float, int, bool}
 def _column(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
     """A field of every row as floats, and where it is a number at all (a bool counts, as isinstance says);
     plain numbers and None convert in one numpy call."""
-    raw = [r.get(key) for r in rows]
+    raw = column(rows, key)
     types = set(map(type, raw))
     if types <= _NUMBERS | {type(None)}:
         try:
             return (np.array(raw, dtype=float),
                     np.ones(len(raw), dtype=bool) if type(None) not in types
-                    else np.array([v is not None for v in raw], dtype=bool))
+                    else np.array(list(map(is_not, raw, repeat(None))), dtype=bool))
         except OverflowError:
             pass
     nums = [float(v) if isinstance(v, (int, float)) else None for v in raw]
@@ -106,7 +206,7 @@ def _pairs(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]], key: str)
 
 def _decode_side(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Decoded tokens after the first and decode seconds per row, NaN where either is missing or not positive."""
-    comp = [r.get("completion_tokens") for r in rows]
+    comp = column(rows, "completion_tokens")
     if set(map(type, comp)) <= {int, type(None)}:
         tok = np.array([c or 0 for c in comp], dtype=float) - 1
     else:
@@ -125,8 +225,8 @@ def _decode_parts(b_rows: list[dict[str, Any]], c_rows: list[dict[str, Any]]) ->
     return d[~np.isnan(d).any(axis=1)].reshape(-1, 4)
 
 
-def _peak(rows: list[dict[str, Any]], key: str) -> float | None:
-    raw = [r.get(key) for r in rows]
+def _peak(rows: list[Any], key: str) -> float | None:
+    raw = column(rows, key)
     if set(map(type, raw)) <= _NUMBERS | {type(None)}:
         vals = [v for v in raw if v is not None]
     else:
@@ -143,20 +243,27 @@ def compare_speed(b_cell: dict[str, Any], c_cell: dict[str, Any], b_rows: list[d
     note = None if comparable else (f"different hardware ({b_cell.get('hardware')} vs {c_cell.get('hardware')}): "
                                     "speed and memory are shown, not judged")
     x, y = _pairs(b_rows, c_rows, "latency_s")
-    lat = judge(np.percentile(x, 95) if x.size else None, np.percentile(y, 95) if y.size else None,
-                lower_is_better=True, factor=factor, comparable=comparable,
-                interval=paired_interval(x.size, lambda i: np.percentile(y[i], 95, axis=1, overwrite_input=True)
-                                         - np.percentile(x[i], 95, axis=1, overwrite_input=True)))
-    lat["n"] = int(x.size)
     d = _decode_parts(b_rows, c_rows)
 
     def rate(cols: np.ndarray, i: np.ndarray | None = None) -> Any:
         tok, sec = (cols[:, 0], cols[:, 1]) if i is None else (cols[:, 0][i], cols[:, 1][i])
         return tok.sum(axis=-1) / sec.sum(axis=-1)
 
+    b_tok, b_sec, c_tok, c_sec = (np.ascontiguousarray(d[:, k]) for k in range(4))  # gathered faster, same values
+    lat_diff = _percentile_diff(x, y, 95)
+
+    def dec_diff(i: np.ndarray) -> np.ndarray:  # rate(d[:, 2:4], i) - rate(d[:, 0:2], i)
+        return c_tok[i].sum(axis=-1) / c_sec[i].sum(axis=-1) - b_tok[i].sum(axis=-1) / b_sec[i].sum(axis=-1)
+
+    if x.size == len(d):  # the usual case (every answered sample timed): one set of draws for both
+        lat_ci, dec_ci = paired_intervals(x.size, [lat_diff, dec_diff])
+    else:
+        lat_ci, dec_ci = paired_interval(x.size, lat_diff), paired_interval(len(d), dec_diff)
+    lat = judge(np.percentile(x, 95) if x.size else None, np.percentile(y, 95) if y.size else None,
+                lower_is_better=True, factor=factor, comparable=comparable, interval=lat_ci)
+    lat["n"] = int(x.size)
     dec = judge(rate(d[:, 0:2]) if len(d) else None, rate(d[:, 2:4]) if len(d) else None,
-                lower_is_better=False, factor=factor, comparable=comparable,
-                interval=paired_interval(len(d), lambda i: rate(d[:, 2:4], i) - rate(d[:, 0:2], i)))
+                lower_is_better=False, factor=factor, comparable=comparable, interval=dec_ci)
     dec["n"] = int(len(d))
     memory_ok = comparable and all(_measures_memory(c.get("backend")) for c in (b_cell, c_cell))
     if comparable and not memory_ok:

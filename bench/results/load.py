@@ -12,14 +12,17 @@ ordered by run id. `bench thresholds` then keeps only the runs whose suite ident
 its latest run's; the summary, compare, the report and the pytest plugin use the rule as it is.
 
 Rows stay dicts (the JSONL on disk, parsed by orjson) so that a million of them load without a million objects;
-`CellRows.typed()` validates a cell's rows into `SampleRow` models when typed access is wanted.
+`CellRows.typed()` validates a cell's rows into `SampleRow` models when typed access is wanted. With `slim`, rows
+are `bench.results.columns.SampleFields` instead: only the fields thresholds and compare read, the same rows kept
+and merged by the same rule (read them with `columns.column()` or `.get`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import compress, count
+from operator import attrgetter, itemgetter, ne
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +116,13 @@ def merge(runs: list[Run]) -> dict[str, CellRows]:
         rows = run.rows
         if not rows:
             continue
-        cids = list(map(itemgetter("cell_id"), rows))
-        sids = list(map(itemgetter("sample_id"), rows))
-        if not all(type(s) is str for s in sids):
+        get = itemgetter if type(rows[0]) is dict else attrgetter  # dict rows, or SampleFields (slim)
+        cids = list(map(get("cell_id"), rows))
+        sids = list(map(get("sample_id"), rows))
+        if set(map(type, sids)) != {str}:
             sids = [str(s) for s in sids]
         # rows of one cell come in long stretches: the cell is looked up once per stretch, its rows stored at once
-        starts = [0] + [k for k, (a, b) in enumerate(zip(cids, cids[1:]), 1) if a != b] + [len(rows)]
+        starts = [0, *compress(count(1), map(ne, cids[1:], cids)), len(rows)]
         for line, end in zip(starts, starts[1:]):
             cid, r = cids[line], rows[line]
             c = cells.get(cid)
@@ -169,18 +173,25 @@ class Results:
     suites: dict[str, SuiteRuns]
 
 
-def load_run(run: RunDir, lean: bool = False) -> Run:
-    """One run directory: manifest validated, rows read (a torn last line skipped, a bad line an exit-2 error)."""
+def load_run(run: RunDir, lean: bool = False, slim: bool = False) -> Run:
+    """One run directory: manifest validated, rows read (a torn last line skipped, a bad line an exit-2 error);
+    `slim`: rows as SampleFields (bench.results.columns)."""
     doc = run.manifest()
-    return Run(dir=run, manifest=validate_manifest(doc, str(run.manifest_path)),
-               rows=read_samples(run.samples_path, lean=lean))
+    manifest = validate_manifest(doc, str(run.manifest_path))
+    if slim:
+        from bench.results.columns import read_fields
+
+        return Run(dir=run, manifest=manifest, rows=read_fields(run.samples_path))  # type: ignore[arg-type]
+    return Run(dir=run, manifest=manifest, rows=read_samples(run.samples_path, lean=lean))
 
 
-def load_runs(paths: list[str | Path], *, lean: bool = False, need_suite_name: bool = True) -> Results:
+def load_runs(paths: list[str | Path], *, lean: bool = False, need_suite_name: bool = True,
+              slim: bool = False) -> Results:
     """Every run at or below `paths` (run dirs, suite dirs or results/), grouped by suite name and merged by the
     module's rule. `lean` skips the per-token timings and log-probabilities (readers that do not need them);
+    `slim` keeps only the fields thresholds and compare read, as SampleFields structs (bench.results.columns);
     without `need_suite_name` a manifest that names no suite files the run under its parent folder's name."""
-    runs = [load_run(r, lean) for r in find_runs(list(paths))]
+    runs = [load_run(r, lean, slim) for r in find_runs(list(paths))]
     groups: dict[str, list[Run]] = {}
     for run in runs:
         name = run.suite_name

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import eq, is_not
 from typing import Any
 
 import numpy as np
 
+from bench.results.columns import Window, column
 from bench.stats import mean_ci, percentile, samples_to_decide
 from bench.thresholds.gather import TaskData, Tier
 
@@ -42,6 +44,13 @@ class Split:
             idx = list(chain)
             self._cumulative[chain] = (np.cumsum(self.cost[idx], axis=0), np.cumsum(self.latency[idx], axis=0))
         return self._cumulative[chain]
+
+    def cumulative_usd(self, chain: tuple[int, ...]) -> np.ndarray:
+        """Dollars summed along a chain, as `cumulative`: computed once per chain."""
+        key = ("usd", *chain)
+        if key not in self._cumulative:
+            self._cumulative[key] = np.cumsum(self.cost_usd[list(chain)], axis=0)
+        return self._cumulative[key]
 
 
 @dataclass
@@ -134,18 +143,11 @@ class _Columns:
     mean_latency: float
 
 
-def _fields(rows: Iterable[dict[str, Any]], keys: tuple[str, ...]) -> list[list[Any]]:
-    """Each key's value in every row (None where a row lacks it), one list per key; rows holding every key, as
-    the runner writes them, are read by C-level passes that make no tuples (with a million rows alive, every
-    container made wakes the garbage collector)."""
+def _fields(rows: Iterable[Any], keys: tuple[str, ...]) -> list[list[Any]]:
+    """Each key's value in every row (None where a row lacks it), one list per key (bench.results.columns.column:
+    dict rows and SampleFields alike, read by C-level passes that make no tuples)."""
     rows = list(rows)
-    out = []
-    for k in keys:
-        try:
-            out.append(list(map(itemgetter(k), rows)))
-        except KeyError:
-            out.append([r.get(k) for r in rows])
-    return out
+    return [column(rows, k) for k in keys]
 
 
 _KEYS = ("error", "score", "verified", "confidence", "cost_usd", "latency_s", "contention")
@@ -153,23 +155,29 @@ _KEYS = ("error", "score", "verified", "confidence", "cost_usd", "latency_s", "c
 
 def _columns(t: Tier, ids: list[str]) -> _Columns:
     error_, score, verified, raw_conf, cost, latency, contention = _fields(map(t.rows.__getitem__, ids), _KEYS)
-    error = np.array([bool(e) for e in error_], dtype=bool)
+    error = np.array(list(map(bool, error_)), dtype=bool)
     value = _floats(score, allow_bool=True)
     value[error] = 0.0  # a router must answer every request: a failed one counts as wrong
-    return _Columns(value=value, error=error, verified=np.array([bool(v) for v in verified], dtype=bool) & ~error,
-                    conf=_floats(raw_conf), has_conf=np.array([c is not None for c in raw_conf], dtype=bool),
-                    cost_usd=_floats(cost) * t.cost_factor, latency=_floats(latency), contention=contention,
-                    **_tier_means(t))
+    cost_f, latency_f = _floats(cost), _floats(latency)
+    # the tier's rows are the shared samples in the same order (the usual case): its means read the same columns
+    mine = (error, cost_f, latency_f) if len(t.rows) == len(ids) and list(t.rows) == ids else None
+    return _Columns(value=value, error=error, verified=np.array(list(map(bool, verified)), dtype=bool) & ~error,
+                    conf=_floats(raw_conf), has_conf=np.array(list(map(is_not, raw_conf, repeat(None))), dtype=bool),
+                    cost_usd=cost_f * t.cost_factor, latency=latency_f, contention=contention,
+                    **_tier_means(t, mine))
 
 
-def _tier_means(t: Tier) -> dict[str, float]:
+def _tier_means(t: Tier, columns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """Mean cost and latency over every answered row of the tier (shared or not), each summed in row order as a
-    Python sum; NaN where there is none."""
-    error, cost, latency = _fields(t.rows.values(), ("error", "cost_usd", "latency_s"))
-    answered = ~np.array([bool(e) for e in error], dtype=bool)
+    Python sum; NaN where there is none. `columns`: the rows' error flags, _floats of cost_usd and of latency_s,
+    in row order, where the caller has them already."""
+    if columns is None:
+        error, cost, latency = _fields(t.rows.values(), ("error", "cost_usd", "latency_s"))
+        columns = (np.array(list(map(bool, error)), dtype=bool), _floats(cost), _floats(latency))
+    answered = ~columns[0]
     out = {}
-    for name, col in (("mean_cost", cost), ("mean_latency", latency)):
-        vals = _floats(col)[answered]
+    for name, col in (("mean_cost", columns[1]), ("mean_latency", columns[2])):
+        vals = col[answered]
         kept = vals[~np.isnan(vals)].tolist()
         out[name] = sum(kept) / len(kept) if kept else math.nan
     out["mean_cost"] *= t.cost_factor  # the operating point's price, where the cell was timed at several levels
@@ -217,8 +225,8 @@ def _stats(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray, hold: np.ndarr
 
 def _contended(contention: list[Any]) -> bool | None:
     """Whether other processes took CPU in more than a tenth of the answered samples' windows (None: unmeasured)."""
-    windows = [w for w in contention if isinstance(w, dict)]
-    return sum(bool(w.get("contended")) for w in windows) / len(windows) > 0.1 if windows else None
+    windows = [w for w in contention if isinstance(w, (dict, Window))]
+    return sum(map(bool, column(windows, "contended"))) / len(windows) > 0.1 if windows else None
 
 
 def _exclusions(task: TaskData, s: TierStats) -> list[str]:
@@ -245,11 +253,12 @@ def calibrate(task: TaskData) -> Calibrated:
     union = set().union(*(set(t.rows) for t in task.tiers)) if task.tiers else set()
     if len(ids) < len(union):
         notes.append(f"{len(union) - len(ids)} sample(s) did not run on every tier and were left out")
-    split_of = {sid: task.tiers[0].rows[sid].get("split") for sid in ids}
-    cal_ids = [s for s in ids if split_of[s] == "calibration"]
-    hold_ids = [s for s in ids if split_of[s] == "holdout"]
-    cal_idx = np.array([i for i, s in enumerate(ids) if split_of[s] == "calibration"], dtype=np.intp)
-    hold_idx = np.array([i for i, s in enumerate(ids) if split_of[s] == "holdout"], dtype=np.intp)
+    first = task.tiers[0].rows if task.tiers else {}
+    splits = column([first[sid] for sid in ids], "split")
+    is_cal = np.fromiter(map(eq, splits, repeat("calibration")), dtype=bool, count=len(ids))
+    is_hold = np.fromiter(map(eq, splits, repeat("holdout")), dtype=bool, count=len(ids))
+    cal_ids, hold_ids = list(compress(ids, is_cal.tolist())), list(compress(ids, is_hold.tolist()))
+    cal_idx, hold_idx = np.flatnonzero(is_cal).astype(np.intp), np.flatnonzero(is_hold).astype(np.intp)
     columns = {id(t): _columns(t, ids) for t in task.tiers}
     stats = [_stats(task, t, columns[id(t)], cal_idx, hold_idx) for t in task.tiers]
     for s in stats:

@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.errors import BenchError, UserInputError, did_you_mean
 from bench.registry import BACKENDS, backend_traits
+from bench.results.columns import column
 from bench.results.load import SuiteRuns, load_runs
 
 
@@ -19,7 +20,7 @@ class Tier:
 
     cell_id: str
     cell: dict[str, Any]
-    rows: dict[str, dict[str, Any]]          # sample_id -> the latest row
+    rows: dict[str, Any]                     # sample_id -> the latest row (a dict, or SampleFields when slim)
     backend: dict[str, Any] | None           # the backend block the cell ran with (no secrets)
     locality: str
     usd_per_hour: float | None
@@ -144,6 +145,7 @@ def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95:
     for run in kept.runs:
         inputs.update(run.dir.inputs())
     config = suite.get("config") or {}
+    summaries: dict[int, Any] = {}  # id(run) -> its summary's cells, read once however many of them are tiers
     tiers = []
     for cid, merged in sorted(kept.cells.items()):
         assert merged.run is not None  # a merged cell has at least one row, so a run
@@ -153,7 +155,7 @@ def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95:
         backend = _scrub(backend) if isinstance(backend, dict) else None
         cell = merged.cell
         kind = str((backend or {}).get("kind") or cell.get("backend") or "")
-        localities = sorted({str(r["locality"]) for r in rows.values() if r.get("locality")})
+        localities = _localities(column(list(rows.values()), "locality"))
         locality = localities[0] if len(localities) == 1 else (
             "cloud" if "cloud" in localities else str((backend or {}).get("locality", "local")))
         in_process = kind in BACKENDS and backend_traits(kind).priced_by == "hour"
@@ -168,7 +170,7 @@ def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95:
         tiers.append(Tier(cell_id=cid, cell=cell, rows=rows, backend=backend, locality=locality,
                           usd_per_hour=hourly, chat=_chat(backend, entry, cell.get("model", "")),
                           model_ref=_scrub(entry) if entry and entry.get("source") else None,
-                          run_id=merged.run_id, **_operating_point(merged.run, cid)))
+                          run_id=merged.run_id, **_operating_point(merged.run, cid, summaries)))
     target: Any = targets.get(name, suite.get("target"))
     target_source = "--target" if name in targets else "suite"
     if not isinstance(target, (int, float)):
@@ -186,13 +188,24 @@ def _build_task(name: str, found: SuiteRuns, targets: dict[str, float], max_p95:
                     inputs=inputs, run_paths=[r.path for r in kept.runs], prerouter=_prerouter(config))
 
 
+def _localities(values: list[Any]) -> list[str]:
+    """The distinct localities the rows name, sorted (strings, as the runner writes them, converted once each)."""
+    try:
+        distinct: Any = set(values)
+    except TypeError:  # an unhashable value (a hand-edited row)
+        distinct = values
+    if not all(v is None or type(v) is str for v in distinct):  # 1 and True are one set member, two names
+        distinct = values
+    return sorted({str(v) for v in distinct if v})
+
+
 def gather(paths: list[str | Path], targets: dict[str, float] | None = None,
            max_p95: float | None = None) -> list[TaskData]:
     """Every task found at or below `paths`, sorted by name; --target names must match a task."""
     targets = targets or {}
     if max_p95 is not None and not (math.isfinite(max_p95) and max_p95 > 0):
         raise UserInputError(f"expected a positive number of seconds, got {max_p95}", field="--max-p95-latency")
-    by_name = load_runs(list(paths), lean=True).suites  # calibration reads no per-token timings
+    by_name = load_runs(list(paths), slim=True).suites  # only the fields calibration reads
     for name in targets:
         if name not in by_name:
             raise UserInputError(f"no runs of task {name!r}; tasks found: {', '.join(sorted(by_name))}",
@@ -200,16 +213,35 @@ def gather(paths: list[str | Path], targets: dict[str, float] | None = None,
     return [_build_task(name, by_name[name], targets, max_p95) for name in sorted(by_name)]
 
 
-def _operating_point(run: Any, cell_id: str) -> dict[str, Any]:
+def _summary_cells(run: Any) -> list[Any]:
+    """A run's summary.json cells, read slim where it can be (bench.results.columns.summary_points)."""
+    from bench.results.columns import summary_points
+
+    path = run.dir.summary_path
+    if not path.exists():
+        return []
+    cells = summary_points(path)
+    if cells is None:
+        cells = (run.summary() or {}).get("cells") or []
+    return cells
+
+
+def _operating_point(run: Any, cell_id: str, summaries: dict[int, Any] | None = None) -> dict[str, Any]:
     """A cell timed at several concurrency levels (`bench run --concurrency`) is priced at its operating point:
-    each request's one-at-a-time cost scaled by the summary's operating-point cost over its sequential cost."""
-    summary = run.summary() if run is not None else None
-    cell = next((c for c in (summary or {}).get("cells") or [] if isinstance(c, dict)
-                 and c.get("cell_id") == cell_id), None)
+    each request's one-at-a-time cost scaled by the summary's operating-point cost over its sequential cost.
+    `summaries` caches each run's summary cells by id(run)."""
+    if run is None:
+        cells: list[Any] = []
+    elif summaries is None:
+        cells = _summary_cells(run)
+    else:
+        if id(run) not in summaries:
+            summaries[id(run)] = _summary_cells(run)
+        cells = summaries[id(run)]
+    cell = next((c for c in cells if isinstance(c, dict) and c.get("cell_id") == cell_id), None)
     if cell is None:
         return {}
     point, seq, basis = cell.get("operating_point"), cell.get("cost_per_1k_usd_sequential"), cell.get("cost_basis")
     if not isinstance(point, dict) or not point.get("cost_per_1k_usd") or not seq:
         return {"cost_basis": basis}
     return {"cost_factor": float(point["cost_per_1k_usd"]) / float(seq), "cost_basis": basis}
-

@@ -108,8 +108,9 @@ def replay(split: Split, policy: Policy) -> Replay:
     cols = np.arange(n)
     rows = np.asarray(chain)[stop]
     cum_cost, cum_latency = split.cumulative(tuple(chain))
-    return Replay(stop=stop, value=split.value[rows, cols], cost=cum_cost[stop, cols],
-                  latency=cum_latency[stop, cols], usd=np.cumsum(split.cost_usd[chain], axis=0)[stop, cols],
+    at, at_row = stop * n + cols, rows * n + cols  # [stop, cols] and [rows, cols], as flat positions (one gather)
+    return Replay(stop=stop, value=np.take(split.value, at_row), cost=np.take(cum_cost, at),
+                  latency=np.take(cum_latency, at), usd=np.take(split.cumulative_usd(tuple(chain)), at),
                   escalated=stop > 0)
 
 

@@ -179,3 +179,35 @@ def write_big_run(root: Path, n_samples: int, tiers: int = 3, *, seed: int = 0, 
         whole["cells"] = sorted(summaries, key=lambda c: c["cell_id"])
         (path / "summary.json").write_text(json.dumps(whole, indent=2, default=str) + "\n")
     return made
+
+
+def add_retries_and_rerun(made: BigRun, *, rerun_share: float = 0.1, seed: int = 7, torn: bool = True) -> Path:
+    """Make `made` look like a run with history: every errored row retried later in the same file (the retry
+    answers), a torn final line (a kill mid-write), and a second run of the suite, started later, that re-ran the
+    first `rerun_share` of the samples on the first cell. Returns the second run's directory."""
+    path = made.path / "samples.jsonl"
+    retries = []
+    with path.open("rb") as f:
+        for line in f:
+            row = orjson.loads(line)
+            if row["error"]:
+                retries.append({**row, "output": "billing", "parsed": "billing", "score": 1.0,
+                                "scores": {"accuracy": 1.0}, "verified": True, "confidence": -0.2,
+                                "completion_tokens": 2, "ttft_s": 0.05, "prefill_s": 0.05, "decode_s": 0.01,
+                                "latency_s": 0.07, "cost_usd": 0.07 * HOURLY_USD / 3600.0, "error": None,
+                                "retries": 3, "finish_reason": "stop"})
+    with path.open("ab") as f:
+        f.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in retries))
+        if torn:
+            f.write(b'{"schema_version": 1, "cell": {"model": "x"}, "cell_id": "torn", "sample_id": "s00')
+    k = max(1, int(made.n_samples * rerun_share))
+    second = write_big_run(made.path.parent.parent / "rerun", k, 1, seed=seed, run_id=made.path.name[:-1] + "9",
+                           summary=False)
+    target = made.path.parent / second.path.name
+    second.path.rename(target)
+    doc = json.loads((target / "manifest.json").read_text())
+    doc["started_at"] = "2026-01-02T00:00:00Z"
+    (target / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (made.path.parent.parent / "rerun" / made.path.parent.name).rmdir()
+    (made.path.parent.parent / "rerun").rmdir()
+    return target

@@ -161,3 +161,45 @@ def test_merge_keeps_the_latest_row_per_cell_and_sample(tmp_path: Path) -> None:
     assert list(cells["b"].rows) == ["1", "2", "3"]
     assert {s: r["v"] for s, r in cells["b"].rows.items()} == {"1": 2, "2": 5, "3": 6}
     assert cells["b"].run is new and cells["a"].run is old and cells["b"].wrote == [old, new]
+
+
+@pytest.mark.parametrize("n", [2, 3, 20, 21, 97, 1000, 5000])
+def test_counted_percentile_matches_numpy(n: int) -> None:
+    """compare's p95-latency bootstrap finds each resample's percentile by counting draws; it gives numpy's
+    percentile to the bit, ties, repeated values and infinities included."""
+    rng = np.random.default_rng(n)
+    x = np.round(rng.lognormal(size=n), 2)
+    y = np.round(rng.lognormal(size=n), 1)
+    if n > 50:
+        y[::13] = math.inf
+        x[:n // 2] = 1.0
+    assert speed._counting_ok()
+    diff_of = speed._percentile_diff(x, y, 95)
+    for rows in (1, 9, 64):
+        i = rng.integers(0, n, size=(rows, n))
+        with np.errstate(invalid="ignore"):
+            want = np.percentile(y[i], 95, axis=1) - np.percentile(x[i], 95, axis=1)
+            got = diff_of(i)
+        assert np.array_equal(got, want, equal_nan=True)
+    with_nan = x.copy()
+    with_nan[0] = math.nan  # NaN: numpy's own percentile, so NaN where numpy gives it
+    i = rng.integers(0, n, size=(5, n))
+    with np.errstate(invalid="ignore"):
+        assert np.array_equal(speed._percentile_diff(with_nan, y, 95)(i),
+                              np.percentile(y[i], 95, axis=1) - np.percentile(with_nan[i], 95, axis=1),
+                              equal_nan=True)
+
+
+def test_intervals_from_shared_draws_match_their_own() -> None:
+    """compare draws once for the latency and decode intervals when both have the same samples: each interval is
+    the one its own draws give."""
+    rng = np.random.default_rng(3)
+    for n in (2, 50, 3000):
+        x, y = rng.lognormal(size=n), rng.lognormal(size=n)
+        f = speed._percentile_diff(x, y, 95)
+
+        def g(i: np.ndarray) -> np.ndarray:
+            return y[i].mean(axis=1) - x[i].mean(axis=1)
+
+        assert speed.paired_intervals(n, [f, g]) == [speed.paired_interval(n, f), speed.paired_interval(n, g)]
+    assert speed.paired_intervals(1, [f, g]) == [None, None]
