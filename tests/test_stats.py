@@ -125,3 +125,27 @@ def test_quantile_upper_bound_is_that_order_statistic_and_covers() -> None:
 
     exact = float(binom.cdf(k - 1, 100, 0.95))
     assert abs(covered - exact) < 4 * math.sqrt(exact * (1 - exact) / 4000) and exact >= 0.95
+
+
+def test_kernels_without_scipy_stats_equal_scipy_stats() -> None:
+    """clopper_pearson, the t interval and McNemar's exact test skip importing scipy.stats (about 1 s of a
+    `bench compare`); their figures must stay scipy.stats's to the bit."""
+    from scipy.stats import beta, binomtest, t
+
+    from bench.stats import _t_interval, clopper_pearson, mcnemar_exact
+
+    for n in range(1, 160):
+        for worse in range(n + 1):
+            assert mcnemar_exact(worse, n - worse) == binomtest(worse, n, 0.5).pvalue, (worse, n)
+    assert mcnemar_exact(0, 0) == 1.0
+    rng = np.random.default_rng(3)
+    n = 57
+    s = rng.random(200) * n
+    lo, hi = clopper_pearson(s, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        assert np.array_equal(lo, np.where(s <= 0, 0.0, beta.ppf(0.025, np.maximum(s, 1e-12), n - s + 1)))
+        assert np.array_equal(hi, np.where(s >= n, 1.0, beta.ppf(0.975, s + 1, np.maximum(n - s, 1e-12))))
+    x = rng.random((5, 33))
+    lo_t, hi_t = _t_interval(x, 0.05)
+    half = t.ppf(0.975, 32) * x.std(axis=-1, ddof=1) / math.sqrt(33)
+    assert np.array_equal(lo_t, x.mean(axis=-1) - half) and np.array_equal(hi_t, x.mean(axis=-1) + half)
