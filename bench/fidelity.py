@@ -50,7 +50,8 @@ DEFINITIONS = {
                      "all N sequences decode; sampling between steps is included",
     "repack": "R, llama.cpp's weight repacking (extra buffer types), is set on the tools as bench's backend sets "
               "it: off where the CPU advertises AMX, on elsewhere (extra_buffers)",
-    "ratio": "median of bench's per-round figures / median of llama.cpp's per-round figures",
+    "ratio": "median over rounds of bench's figure / llama.cpp's figure in the same round (the two ran back to "
+             "back, so a machine whose speed drifts between rounds moves both); round_ratios lists them",
 }
 
 _TEXT = ("The quick brown fox jumps over the lazy dog while the committee reviews the quarterly figures, "
@@ -75,13 +76,14 @@ class Measurement(BaseModel):
     bench_tps: list[float] = []
     llama_cpp_median: float | None = None
     bench_median: float | None = None
+    round_ratios: list[float] = []
     ratio: float | None = None
 
     def settle(self) -> None:
         self.llama_cpp_median = statistics.median(self.llama_cpp_tps) if self.llama_cpp_tps else None
         self.bench_median = statistics.median(self.bench_tps) if self.bench_tps else None
-        if self.llama_cpp_median and self.bench_median is not None:
-            self.ratio = self.bench_median / self.llama_cpp_median
+        self.round_ratios = [b / c for c, b in zip(self.llama_cpp_tps, self.bench_tps) if c > 0]
+        self.ratio = statistics.median(self.round_ratios) if self.round_ratios else None
 
 
 class FidelityReport(BaseModel):
@@ -360,12 +362,13 @@ def table(report: FidelityReport) -> Any:
                     f"(sha256 {m['sha256'][:12]}), {report.threads} threads, depth {report.depth}, "
                     f"{report.tokens} tokens, {report.rounds} round(s)")
     for col in ("measurement", "llama.cpp tool", "llama.cpp tok/s per round", "bench tok/s per round",
-                "llama.cpp median", "bench median", "bench / llama.cpp"):
+                "llama.cpp median", "bench median", "bench / llama.cpp per round", "median ratio"):
         t.add_column(col)
     for x in report.measurements:
         t.add_row(x.name, x.tool, ", ".join(num(v, ".2f") for v in x.llama_cpp_tps),
                   ", ".join(num(v, ".2f") for v in x.bench_tps), num(x.llama_cpp_median, ".2f"),
-                  num(x.bench_median, ".2f"), num(x.ratio, ".3f"))
+                  num(x.bench_median, ".2f"), ", ".join(num(v, ".3f") for v in x.round_ratios),
+                  num(x.ratio, ".3f"))
     return t
 
 

@@ -108,7 +108,9 @@ def test_measurement_medians_and_ratio() -> None:
                              bench_tps=[99.0, 97.0, 101.0])
     m.settle()
     assert (m.llama_cpp_median, m.bench_median) == (110.0, 99.0)
-    assert m.ratio == pytest.approx(0.9)
+    # the ratio pairs each round's two figures (taken back to back), then takes the median: 0.99, 0.808, 0.918
+    assert m.round_ratios == pytest.approx([0.99, 97.0 / 120.0, 101.0 / 110.0])
+    assert m.ratio == pytest.approx(101.0 / 110.0)
 
 
 # ---------------------------------------------------------------- flags
@@ -214,7 +216,7 @@ def test_fidelity_runs_against_the_built_tools(tmp_path, capsys) -> None:
     for m in doc["measurements"]:
         assert len(m["llama_cpp_tps"]) == len(m["bench_tps"]) == 1
         assert m["llama_cpp_tps"][0] > 0 and m["bench_tps"][0] > 0
-        assert m["ratio"] == pytest.approx(m["bench_median"] / m["llama_cpp_median"])
+        assert m["ratio"] == pytest.approx(m["bench_tps"][0] / m["llama_cpp_tps"][0])
     assert doc["tools"]["llama-bench"].endswith("llama-bench")
 
 
