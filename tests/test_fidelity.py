@@ -141,14 +141,20 @@ def test_unknown_model_and_unbuilt_tools_exit_2(tmp_path, monkeypatch, capsys) -
 
 # ---------------------------------------------------------------- the rounds, with the tools' output replayed
 
-def test_rounds_interleave_alternate_and_rewrite_the_output(tmp_path, monkeypatch, capsys) -> None:
+def _fake_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sha: str) -> Path:
+    """A stand-in tool executable and model, resolved without a cache; returns the executable."""
     exe = tmp_path / "tool"
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
     model = ResolvedModel(id="smollm2-135m-instruct", quantization="Q4_1", path=tmp_path / "m.gguf",
-                          sha256="ab" * 32, size_bytes=1, chat=True)
+                          sha256=sha * 32, size_bytes=1, chat=True)
     monkeypatch.setattr("bench.models.resolve.resolve_model", lambda ref: model)
     monkeypatch.setattr(fidelity, "llama_cpp_python_version", lambda: "9.9.9")
+    return exe
+
+
+def test_rounds_interleave_alternate_and_rewrite_the_output(tmp_path, monkeypatch, capsys) -> None:
+    exe = _fake_setup(tmp_path, monkeypatch, "ab")
     lb = (FIXTURES / "llama-bench.json").read_text()
     bb = (FIXTURES / "llama-batched-bench.jsonl").read_text()
     ran: list[str] = []
@@ -164,7 +170,7 @@ def test_rounds_interleave_alternate_and_rewrite_the_output(tmp_path, monkeypatc
     figures = iter([50.0, 60.0, 70.0, 80.0])
 
     def ours(m, threads, depth, tokens, n) -> float:
-        assert (m, threads, depth, tokens) == (model, 3, 32, 16)
+        assert (m.sha256, threads, depth, tokens) == ("ab" * 32, 3, 32, 16)
         ran.append(f"bench{n}")
         return next(figures)
 
@@ -221,13 +227,7 @@ def test_fidelity_runs_against_the_built_tools(tmp_path, capsys) -> None:
 
 
 def test_a_failing_tool_exits_1_and_keeps_what_was_measured(tmp_path, monkeypatch, capsys) -> None:
-    exe = tmp_path / "tool"
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
-    model = ResolvedModel(id="smollm2-135m-instruct", quantization="Q4_1", path=tmp_path / "m.gguf",
-                          sha256="cd" * 32, size_bytes=1, chat=True)
-    monkeypatch.setattr("bench.models.resolve.resolve_model", lambda ref: model)
-    monkeypatch.setattr(fidelity, "llama_cpp_python_version", lambda: "9.9.9")
+    exe = _fake_setup(tmp_path, monkeypatch, "cd")
     lb = (FIXTURES / "llama-bench.json").read_text()
     calls = iter([lb, "llama-bench: error: failed to create context\n"])
     monkeypatch.setattr(fidelity, "_run_tool", lambda cmd: next(calls))
