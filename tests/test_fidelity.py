@@ -91,8 +91,10 @@ class _AlwaysEos:
     def is_eog(self, token: int) -> bool:
         return True
 
-    def detokenize(self, tokens: list[int]) -> str:
-        return "x" * len(tokens)
+    bos = -1
+
+    def piece(self, token: int) -> bytes:
+        return b"x"
 
 
 @pytest.mark.parametrize("ignore_eos, expected", [(False, 0), (True, 7)])

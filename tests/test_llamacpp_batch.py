@@ -81,8 +81,10 @@ class FakeEngine:
     def is_eog(self, token: int) -> bool:
         return token == 0
 
-    def detokenize(self, tokens: list[int]) -> str:
-        return "".join(chr(ord("a") + t % 26) for t in tokens)
+    bos = -1
+
+    def piece(self, token: int) -> bytes:
+        return bytes([ord("a") + token % 26])
 
 
 def tokens_of(req: Request) -> list[int]:
@@ -135,7 +137,7 @@ def run(engine: FakeEngine, reqs: list[Request]) -> tuple[BatchScheduler, list[G
 def test_batched_answers_equal_one_at_a_time(n_seq: int) -> None:
     reqs = requests()
     engine = FakeEngine(n_seq)
-    _, gens = run(engine, reqs)
+    sched, gens = run(engine, reqs)
     by_id = {g.request_id: g for g in gens}
     assert sorted(by_id) == sorted(r.id for r in reqs)
     assert {r.finish_reason for r in gens} == {"stop", "length"}  # the toy data exercises both endings
@@ -150,9 +152,71 @@ def test_batched_answers_equal_one_at_a_time(n_seq: int) -> None:
         assert g.t_prefill_end is not None and g.t_first_token is not None
         assert 0 <= g.t_prefill_end <= g.t_first_token <= g.t_end
         assert g.extra["harness_s"] >= 0
-    assert all(c == [] for c in engine.cells)  # every sequence's cells cleared when the pass ends
+    # each slot keeps what the scheduler believes it holds: the next pass's cached prefix
+    assert [list(c) for c in engine.cells] == sched.cached
     # later prompts in a slot reuse the shared prefix of the slot's previous prompt
     assert any((g.cached_tokens or 0) > len("You extract") for g in gens)
+
+
+@pytest.mark.parametrize("n_seq", [1, 3])
+def test_a_second_pass_reuses_what_the_first_left(n_seq: int) -> None:
+    # a router sends one request per call: its system prompt stays cached from the call before
+    engine = FakeEngine(n_seq)
+    sched = scheduler(engine)
+    first = sched.run(requests(4))
+    again = sched.run([Request(id="late", messages=[], prompt="You extract fields. sample 9 xyz", max_tokens=6)])
+    assert all(g.error is None for g in first + again)
+    assert (again[0].cached_tokens or 0) >= len("You extract fields. sample ")
+    assert (again[0].text, again[0].completion_tokens, again[0].finish_reason) == reference(
+        Request(id="late", messages=[], prompt="You extract fields. sample 9 xyz", max_tokens=6))
+
+
+def test_an_interrupted_pass_leaves_no_cells_to_trust() -> None:
+    engine = FakeEngine(2)
+    sched = scheduler(engine)
+
+    def stop(gen: Generation) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sched.run(requests(5), stop)
+    assert engine.cells == [[], []] and sched.cached == [[], []]
+
+
+class BytesEngine(FakeEngine):
+    """Token pieces as raw bytes: one character split over two tokens, and a BOS token that renders as nothing."""
+
+    bos = 7
+
+    def piece(self, token: int) -> bytes:
+        return {7: b"", 8: b" lead", 9: b"\xc3", 10: b"\xa9"}.get(token, b"z")
+
+
+def test_text_grows_by_pieces_as_whole_answer_detokenizing_would() -> None:
+    # llama.cpp's detokenize drops one leading space after BOS and decodes the joined bytes, so a character split
+    # over two tokens appears whole once both are in
+    engine = BytesEngine(1)
+    script = iter([7, 8, 9, 10, 0])
+
+    def logits(index: int) -> np.ndarray:
+        z = np.zeros(V, dtype=np.float32)
+        z[next(script)] = 5.0
+        return z
+
+    engine.logits = logits  # type: ignore[method-assign]
+    texts: list[str] = []
+    sched = scheduler(engine)
+    advance = sched._advance
+
+    def watched(s, lg, now):  # type: ignore[no-untyped-def]
+        finished = advance(s, lg, now)
+        texts.append(s.text)
+        return finished
+
+    sched._advance = watched  # type: ignore[method-assign]
+    [g] = sched.run([Request(id="b", messages=[], prompt="abc", max_tokens=9)])
+    assert (g.text, g.completion_tokens, g.finish_reason) == ("lead\u00e9", 4, "stop")
+    assert texts[:4] == ["", "lead", "lead", "lead\u00e9"]
 
 
 def test_continuous_batching_keeps_the_batch_full() -> None:
@@ -210,14 +274,14 @@ def test_failures_stay_with_their_request() -> None:
 def test_a_failed_step_errors_its_sequences_and_the_pass_goes_on() -> None:
     reqs = requests(8)
     engine = FakeEngine(3, fail_at_step=2)
-    _, gens = run(engine, reqs)
+    sched, gens = run(engine, reqs)
     failed = [g for g in gens if g.error]
     assert len(gens) == 8 and 1 <= len(failed) <= 3 and all("engine fault" in (g.error or "") for g in failed)
     by_id = {g.request_id: g for g in gens}
     for req in reqs:
         if not by_id[req.id].error:
             assert (by_id[req.id].text, by_id[req.id].completion_tokens) == reference(req)[:2]
-    assert all(c == [] for c in engine.cells)
+    assert [list(c) for c in engine.cells] == sched.cached  # the failed sequences' cells were dropped
 
 
 # ---------------------------------------------------------------- settings

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from bench.backends.base import Generation, LoadInfo, OnResult, Request
-from bench.backends.llamacpp_batch import common_prefix, request_rng, sample_token
+from bench.backends.llamacpp_batch import BatchScheduler, LlamaSeqEngine
 from bench.config.suite import MAX_PARALLEL
 from bench.errors import ModelError
 
@@ -80,7 +80,7 @@ class LlamaCppBackend:
     log-probability is ours to record.
 
     With `parallel` N > 1 the context holds N sequences of n_ctx each and up to N requests decode at once
-    (bench.backends.llamacpp_batch); N = 1 keeps the one-at-a-time loop of `_one`."""
+    (bench.backends.llamacpp_batch); N = 1 runs the same scheduler with one sequence."""
 
     kind = "llamacpp"
     locality = "local"
@@ -95,6 +95,8 @@ class LlamaCppBackend:
         self.formatter: Any = None
         self.n_threads = config.n_threads or physical_cores()
         self.parallel = 1  # requests decoded at once; set before load (bench.worker)
+        self._engine: LlamaSeqEngine | None = None
+        self._scheduler: BatchScheduler | None = None
 
     # ------------------------------------------------------------------ load
     def load(self) -> LoadInfo:
@@ -134,10 +136,16 @@ class LlamaCppBackend:
                 stop_token_ids=[eos])
         if self.config.warmup:
             self._warmup()
+        ctx = self.llm._ctx.ctx
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        self._engine = LlamaSeqEngine(llama_cpp, ctx, self._vocab, self._n_vocab, n_seq,
+                                      max(self.config.n_batch, n_seq))
+        # the prompt is prepared through the attribute, read per request (bench fidelity replaces it)
+        self._scheduler = BatchScheduler(self._engine, lambda req: self._prompt_tokens(req), self.config.n_ctx,
+                                         self.config.n_batch)
         details = {"n_ctx": self.config.n_ctx, "n_batch": self.config.n_batch, "extra_buffers": extra,
                    "chat_template": chat, "n_vocab": self._n_vocab, "parallel": n_seq}
         if n_seq > 1:
-            ctx = self.llm._ctx.ctx
             details["batching"] = {"n_seq_max": llama_cpp.llama_n_seq_max(ctx),
                                    "n_ctx_per_seq": llama_cpp.llama_n_ctx_seq(ctx),
                                    "mode": "continuous; a prompt prefills in its own decode call (its shared prefix "
@@ -168,98 +176,17 @@ class LlamaCppBackend:
             return tokens, stops
         return self.llm.tokenize(req.prompt.encode("utf-8"), add_bos=True, special=False), []
 
-    def _one(self, req: Request) -> Generation:
-        lc, llm = self._lc, self.llm
-        gen = Generation(request_id=req.id, t_start=time.time())
-        tokens, template_stops = self._prompt_tokens(req)
-        stops = [s for s in list(req.stop) + template_stops if s]
-        gen.prompt_tokens = len(tokens)
-        if len(tokens) + req.max_tokens > self.config.n_ctx:
-            gen.error = (f"prompt of {len(tokens)} tokens + max_tokens {req.max_tokens} exceeds n_ctx "
-                         f"{self.config.n_ctx}")
-            return gen
-        prefix = min(common_prefix(llm.input_ids[: llm.n_tokens], tokens), len(tokens) - 1)
-        gen.cached_tokens = prefix
-        llm.n_tokens = prefix
-        rng = request_rng(req)
-        lc.llama_perf_context_reset(llm._ctx.ctx)
-        t0 = time.perf_counter()
-        llm.eval(tokens[prefix:])
-        now = time.perf_counter() - t0  # taken when the engine returns: sampling is the harness's time
-        logits = self._logits()
-        gen.t_prefill_end = now
-        out: list[int] = []
-        logprobs: list[float] = []
-        text = ""
-        finish = "length"
-        harness = 0.0
-        while True:
-            h0 = time.perf_counter()
-            tok, logp = sample_token(logits, req.temperature, rng)
-            if gen.t_first_token is None:
-                gen.t_first_token = now
-            if lc.llama_vocab_is_eog(self._vocab, tok) and not req.ignore_eos:
-                finish = "stop"
-                harness += time.perf_counter() - h0
-                break
-            out.append(tok)
-            logprobs.append(logp)
-            gen.token_times.append(now)
-            text = llm.detokenize(out).decode("utf-8", errors="ignore")
-            hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-            if hit >= 0:
-                text = text[:hit]
-                finish = "stop"
-                harness += time.perf_counter() - h0
-                break
-            if len(out) >= req.max_tokens:
-                harness += time.perf_counter() - h0
-                break
-            harness += time.perf_counter() - h0
-            llm.eval([tok])
-            now = time.perf_counter() - t0
-            logits = self._logits()
-        gen.t_end = time.perf_counter() - t0
-        gen.extra["harness_s"] = harness
-        gen.text = text
-        gen.completion_tokens = len(out)
-        gen.token_logprobs = logprobs
-        gen.finish_reason = finish
-        perf = lc.llama_perf_context(llm._ctx.ctx)
-        gen.extra["llama_perf"] = {"t_p_eval_ms": perf.t_p_eval_ms, "n_p_eval": perf.n_p_eval,
-                                   "t_eval_ms": perf.t_eval_ms, "n_eval": perf.n_eval}
-        return gen
-
     def generate(self, requests: list[Request], on_result: OnResult | None = None) -> list[Generation]:
-        if self.parallel > 1:
-            return self._generate_batched(requests, on_result)
-        results = []
-        for req in requests:
-            try:
-                gen = self._one(req)
-            except Exception as exc:  # a failure in one sample is recorded on it; the cell goes on
-                gen = Generation(request_id=req.id, t_start=time.time(), error=f"{type(exc).__name__}: {exc}")
-                self.llm.reset()
-            if on_result:
-                on_result(gen)
-            results.append(gen)
-        return results
-
-    def _generate_batched(self, requests: list[Request], on_result: OnResult | None) -> list[Generation]:
-        """Up to `parallel` requests at once in this context's sequences (bench.backends.llamacpp_batch)."""
-        from bench.backends.llamacpp_batch import BatchScheduler, LlamaSeqEngine
-
-        self.llm.reset()
-        self._lc.llama_memory_clear(self._lc.llama_get_memory(self.llm._ctx.ctx), True)
-        engine = LlamaSeqEngine(self._lc, self.llm._ctx.ctx, self._vocab, self._n_vocab, self.parallel,
-                                max(self.config.n_batch, self.parallel), self.llm.detokenize)
-        try:
-            return BatchScheduler(engine, self._prompt_tokens, self.config.n_ctx, self.config.n_batch).run(
-                requests, on_result)
-        finally:
-            engine.close()
+        """Up to `parallel` requests at once in this context's sequences, one at a time where it is 1
+        (bench.backends.llamacpp_batch: the same loop either way)."""
+        if self._scheduler is None:
+            raise ModelError("the llamacpp backend generates only after load()")
+        return self._scheduler.run(requests, on_result)
 
     def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         if self.llm is not None:
             self.llm.close() if hasattr(self.llm, "close") else None
             self.llm = None

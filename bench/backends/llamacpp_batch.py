@@ -19,13 +19,17 @@ How a pass runs:
   prompt. Where another slot holds a longer shared prefix (e.g. the suite's system prompt, when a slot is used
   for the first time), that slot's stream is copied in first (`llama_memory_seq_cp`: with one KV stream per
   sequence llama.cpp copies whole streams, a memory copy far cheaper than prefilling the prefix again).
-  All cells are cleared when the pass ends.
 - Stops, log-probabilities, finish reason, token times and the harness's own time are kept per sequence. Token times
   are taken when `llama_decode` returns, before log-softmax, sampling and detokenizing.
+- An answer's text grows by each token's piece (bytes appended, then decoded): equal to detokenizing the whole
+  answer, which would cost a Python call per token already generated at every step.
+- One scheduler serves a backend for its whole life, N = 1 included: the cells a pass leaves behind are the next
+  pass's cached prefix (a router sending one request at a time reuses the system prompt).
 """
 
 from __future__ import annotations
 
+import ctypes
 import time
 import zlib
 from collections import deque
@@ -96,7 +100,11 @@ class SeqEngine(Protocol):
 
     def is_eog(self, token: int) -> bool: ...
 
-    def detokenize(self, tokens: list[int]) -> str: ...
+    bos: int  # the beginning-of-sequence token (-1: none); an answer starting with it loses one leading space
+
+    def piece(self, token: int) -> bytes:
+        """The token's text (special tokens render as nothing)."""
+        ...
 
 
 @dataclass
@@ -113,6 +121,7 @@ class _Seq:
     out: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
+    raw: bytearray = field(default_factory=bytearray)  # the answer's bytes so far
     finish: str = "length"
     harness: float = 0.0
     pending: int = -1  # the sampled token to feed in the next step
@@ -159,9 +168,10 @@ class BatchScheduler:
                         active[slot] = admitted
                 if active:
                     self._step(active, done)
-        finally:
+        except BaseException:  # interrupted mid-pass: no slot's cells can be trusted as a cached prefix
             for slot in range(self.engine.n_seq):
                 self._drop(slot)
+            raise
         return results
 
     def _step(self, active: dict[int, _Seq], done: Callable[[_Seq | Generation, int], None]) -> None:
@@ -246,7 +256,10 @@ class BatchScheduler:
             s.out.append(tok)
             s.logprobs.append(logp)
             s.gen.token_times.append(now)
-            s.text = self.engine.detokenize(s.out)
+            s.raw += self.engine.piece(tok)
+            # as llama.cpp's detokenize: an answer starting with BOS drops one leading space
+            lead = 1 if s.out[0] == self.engine.bos and s.raw[:1] == b" " else 0
+            s.text = s.raw[lead:].decode("utf-8", errors="ignore")
             hit = min((i for i in (s.text.find(x) for x in s.stops) if i >= 0), default=-1)
             if hit >= 0:
                 s.text = s.text[:hit]
@@ -271,7 +284,7 @@ class BatchScheduler:
         return gen
 
     def _drop(self, slot: int) -> None:
-        """Clear a slot's cells (after a failure, or when the pass ends)."""
+        """Clear a slot's cells (after a failure, or a pass interrupted)."""
         self.cached[slot] = []
         try:
             self.engine.clear(slot, 0)
@@ -282,13 +295,13 @@ class BatchScheduler:
 class LlamaSeqEngine:
     """`SeqEngine` over a llama.cpp context created with n_seq_max = n_seq (llama-cpp-python's low-level API)."""
 
-    def __init__(self, lc: Any, ctx: Any, vocab: Any, n_vocab: int, n_seq: int, capacity: int,
-                 detokenize: Callable[[list[int]], bytes]):
+    def __init__(self, lc: Any, ctx: Any, vocab: Any, n_vocab: int, n_seq: int, capacity: int):
         self.lc, self.ctx, self.vocab, self.n_vocab, self.n_seq = lc, ctx, vocab, n_vocab, n_seq
         self.capacity = max(capacity, n_seq)
         self.batch = lc.llama_batch_init(self.capacity, 0, 1)
         self.mem = lc.llama_get_memory(ctx)
-        self._detokenize = detokenize
+        self.bos = int(lc.llama_vocab_bos(vocab))
+        self._buf = ctypes.create_string_buffer(64)
 
     def clear(self, seq: int, keep: int) -> bool:
         return bool(self.lc.llama_memory_seq_rm(self.mem, seq, keep, -1))
@@ -321,8 +334,12 @@ class LlamaSeqEngine:
     def is_eog(self, token: int) -> bool:
         return bool(self.lc.llama_vocab_is_eog(self.vocab, token))
 
-    def detokenize(self, tokens: list[int]) -> str:
-        return self._detokenize(tokens).decode("utf-8", errors="ignore")
+    def piece(self, token: int) -> bytes:
+        n = self.lc.llama_token_to_piece(self.vocab, token, self._buf, len(self._buf), 0, False)
+        if n < 0:  # the buffer is too small: llama.cpp says how large it must be
+            self._buf = ctypes.create_string_buffer(-n)
+            n = self.lc.llama_token_to_piece(self.vocab, token, self._buf, len(self._buf), 0, False)
+        return self._buf.raw[:n]
 
     def close(self) -> None:
         if self.batch is not None:
