@@ -31,13 +31,16 @@ NORMAL_ABOVE = 1_000
 N_BOOT = 1999
 
 
-def clean(values: Sequence[float | None]) -> np.ndarray:
+def clean(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
     """Drop None and NaN: a sample that could not be scored is not a zero."""
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":  # no None in a numeric array
+        arr = values.astype(float).ravel()
+    else:
+        arr = np.asarray([v for v in values if v is not None], dtype=float)
     return arr[~np.isnan(arr)] if arr.size else arr
 
 
-def percentile(values: Sequence[float | None], q: float) -> float | None:
+def percentile(values: Sequence[float | None] | np.ndarray, q: float) -> float | None:
     arr = clean(values)
     return float(np.percentile(arr, q)) if arr.size else None
 
@@ -50,11 +53,9 @@ def quantile_upper_rank(n: int, q: float, alpha: float = 0.05) -> int | None:
     X_(k) falls below the q-quantile only when at least k of the n values do, and each does with probability at
     most q (exactly q for a continuous distribution), so P(X_(k) >= quantile) >= P(Binomial(n, q) < k) =
     binom.cdf(k - 1, n, q), whatever the distribution. Distribution-free: no shape is assumed."""
-    from scipy.stats import binom
-
     if n < 1 or not 0 < q < 1 or not 0 < alpha < 1:
         return None
-    cover = binom.cdf(np.arange(n), n, q)  # cover[k - 1] = P(Binomial(n, q) < k), k = 1..n
+    cover = binom_cdf(np.arange(n), n, q)  # cover[k - 1] = P(Binomial(n, q) < k), k = 1..n
     ok = np.flatnonzero(cover >= 1 - alpha)
     return int(ok[0]) + 1 if ok.size else None
 
@@ -161,7 +162,7 @@ def mean_interval(x: np.ndarray, *, alpha: float = 0.05, seed: int = 0, n_boot: 
     return lo, hi, method
 
 
-def mean_ci(values: Sequence[float | None], *, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
+def mean_ci(values: Sequence[float | None] | np.ndarray, *, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
     """Mean with a (1 - alpha) interval: Clopper-Pearson for 0/1 scores, BCa-or-t for continuous ones."""
     arr = clean(values)
     if arr.size == 0:
@@ -172,7 +173,7 @@ def mean_ci(values: Sequence[float | None], *, seed: int = 0, alpha: float = 0.0
             "method": method}
 
 
-def samples_to_decide(values: Sequence[float | None], target: float, *, alpha: float = 0.05) -> int | None:
+def samples_to_decide(values: Sequence[float | None] | np.ndarray, target: float, *, alpha: float = 0.05) -> int | None:
     """About how many samples would put the interval's lower bound at the target, if the observed mean and spread
     held; None where the observed mean does not exceed the target (more samples of the same would not decide it)."""
     arr = clean(values)
@@ -183,9 +184,9 @@ def samples_to_decide(values: Sequence[float | None], target: float, *, alpha: f
         return None
     sd = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
     sd = max(sd, math.sqrt(max(m * (1 - m), 0.0)) if is_binary(arr) else sd, 0.05)
-    from scipy.stats import norm
+    from scipy.special import ndtri  # norm.ppf's own kernel
 
-    z = float(norm.ppf(1 - alpha / 2))
+    z = float(ndtri(1 - alpha / 2))
     return int(math.ceil((z * sd / (m - target)) ** 2))
 
 
@@ -250,6 +251,40 @@ def paired_bootstrap_diff(a: Sequence[float] | np.ndarray, b: Sequence[float] | 
         return {"delta": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
     lo, hi, _ = diff_interval(d[None, :], seed=seed, n_boot=n_boot)
     return {"delta": float(d.mean()), "ci_low": float(lo[0]), "ci_high": float(hi[0]), "n": int(d.size)}
+
+
+def _binom_kernels() -> tuple[Any, Any]:
+    """scipy.stats.binom's own cdf and sf kernels (scipy.special), or, in a SciPy without them, binom itself."""
+    try:
+        from scipy.special._ufuncs import _binom_cdf, _binom_sf
+    except ImportError:
+        from scipy.stats import binom
+
+        return binom.cdf, binom.sf
+    return _binom_cdf, _binom_sf
+
+
+def binom_cdf(k: np.ndarray | int, n: int, p: float) -> np.ndarray:
+    """scipy.stats.binom.cdf(k, n, p) for integer k, without importing scipy.stats (about 1 s of a command)."""
+    cdf, _ = _binom_kernels()
+    k = np.asarray(k, dtype=float)
+    inside = np.clip(k, 0, max(n - 1, 0))
+    return np.where(k < 0, 0.0, np.where(k >= n, 1.0, cdf(inside, n, p)))
+
+
+def binom_sf(k: np.ndarray | int, n: int, p: float) -> np.ndarray:
+    """scipy.stats.binom.sf(k, n, p) for integer k, without importing scipy.stats."""
+    _, sf = _binom_kernels()
+    k = np.asarray(k, dtype=float)
+    inside = np.clip(k, 0, max(n - 1, 0))
+    return np.where(k < 0, 1.0, np.where(k >= n, 0.0, sf(inside, n, p)))
+
+
+def t_sf(x: float, df: float) -> float:
+    """scipy.stats.t.sf(x, df) for finite x, df > 0: its own kernel, without importing scipy.stats."""
+    from scipy.special import stdtr
+
+    return float(stdtr(df, -x))
 
 
 def mcnemar_exact(worse: int, better: int) -> float:

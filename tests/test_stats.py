@@ -149,3 +149,22 @@ def test_kernels_without_scipy_stats_equal_scipy_stats() -> None:
     lo_t, hi_t = _t_interval(x, 0.05)
     half = t.ppf(0.975, 32) * x.std(axis=-1, ddof=1) / math.sqrt(33)
     assert np.array_equal(lo_t, x.mean(axis=-1) - half) and np.array_equal(hi_t, x.mean(axis=-1) + half)
+
+
+def test_binomial_t_and_normal_kernels_equal_scipy_stats() -> None:
+    """binom_cdf, binom_sf, t_sf (routing p-values, the p95 bound) skip importing scipy.stats; equal to the bit,
+    out-of-range k included."""
+    from scipy.special import ndtri
+    from scipy.stats import binom, norm, t
+
+    from bench.stats import binom_cdf, binom_sf, t_sf
+
+    for n in (1, 2, 7, 59, 64, 333, 250_000):
+        for p in (0.0, 0.05, 0.5, 0.8, 0.95, 1.0):
+            k = np.unique(np.r_[-3, -1, 0, 1, n // 3, n // 2, n - 2, n - 1, n, n + 4])
+            assert np.array_equal(binom_cdf(k, n, p), binom.cdf(k, n, p), equal_nan=True), (n, p)
+            assert np.array_equal(binom_sf(k, n, p), binom.sf(k, n, p), equal_nan=True), (n, p)
+    rng = np.random.default_rng(5)
+    for x, df in zip(rng.normal(0, 4, 300), rng.integers(1, 400_000, 300)):
+        assert t_sf(float(x), float(df)) == t.sf(x, df)
+    assert float(ndtri(0.975)) == norm.ppf(0.975)

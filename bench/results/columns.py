@@ -4,6 +4,8 @@
 line skipped, the same file:line errors), but each row is a `SampleFields`: a small struct that holds the keys of
 the merge rule and the analysis fields, and no dict. msgspec skips the other fields (outputs, per-token timings,
 log-probabilities) while it scans, so a million rows read several times faster and in a fraction of the memory.
+The file is memory-mapped, not read: blocks are decoded where the page cache holds them, and dropped from this
+process's resident set once decoded.
 
 A block of lines is decoded in one call. Whenever a block holds anything other than plain current-version rows
 (a bad or blank line, an older schema_version, a number as sample_id, a cell that is not an object), it is read
@@ -13,9 +15,10 @@ the one dict reader, and the fast path only ever handles the rows that reader pa
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
-from io import BufferedReader
 from itertools import compress, count, repeat
 from operator import attrgetter, itemgetter, ne, or_
 from pathlib import Path
@@ -142,32 +145,24 @@ def _lines(block: memoryview | bytes) -> tuple[int, bool]:
     return len(ends), bool(data.size) and bool(data[0] == 123) and bool((data[ends[:-1] + 1] == 123).all())
 
 
-def _blocks(f: BufferedReader, path: Path) -> Iterator[tuple[memoryview | bytes, bool]]:
-    """(block, final) for whole-line blocks of about _BLOCK bytes, read into one reused buffer (use a block,
-    and let go of every view of it, before asking for the next); last, where the file ends without a newline,
-    that line, final True."""
-    buf = bytearray(_BLOCK)
-    filled = 0
-    while True:
-        if filled == len(buf):  # a line longer than the buffer
-            buf.extend(bytes(len(buf)))
-        with memoryview(buf) as view:
-            try:
-                got = f.readinto(view[filled:])
-            except OSError as exc:
-                raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
-            if not got:
-                break
-            filled += got
-            end = buf.rfind(b"\n", 0, filled) + 1
-            if end == 0:
-                continue
-            with view[:end] as block:
-                yield block, False
-        buf[:filled - end] = buf[end:filled]
-        filled -= end
-    if filled:
-        yield bytes(buf[:filled]), True
+def _blocks(mapped: mmap.mmap, data: memoryview) -> Iterator[tuple[memoryview, bool]]:
+    """(block, final) for whole-line blocks of about _BLOCK bytes of the mapped file, as views (let go of each
+    before the file is closed); last, where the file ends without a newline, that line, final True."""
+    start, size = 0, len(mapped)
+    while start < size:
+        end = mapped.find(b"\n", min(start + _BLOCK, size) - 1) + 1  # the line crossing the limit kept whole
+        if end == 0:
+            end = mapped.rfind(b"\n", start, size) + 1  # the whole lines before a torn last one
+        if end <= start:
+            yield data[start:], True
+            return
+        yield data[start:end], False
+        if hasattr(mmap, "MADV_DONTNEED"):  # the decoded pages leave this process's RSS (the page cache keeps them)
+            page = mmap.PAGESIZE
+            first, last = start // page * page, end // page * page
+            if last > first:
+                mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+        start = end
 
 
 def read_fields(path: Path) -> list[SampleFields]:
@@ -175,19 +170,26 @@ def read_fields(path: Path) -> list[SampleFields]:
     from bench.results.store import _no_gc
 
     try:
-        f = path.open("rb")
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else None
     except FileNotFoundError:
         return []
-    except OSError as exc:
-        raise UserInputError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", file=str(path)) from None
+    if mapped is None:
+        return []
+    # mapped, not read: the pages are decoded where the kernel keeps them, without a copy into Python
+    mapped.madvise(mmap.MADV_SEQUENTIAL) if hasattr(mmap, "MADV_SEQUENTIAL") else None
     out: list[SampleFields] = []
     line = 1
-    with f, _no_gc():
-        for block, final in _blocks(f, path):
-            n, plain = (0, False) if final else _lines(block)
-            rows = _fast(block, n) if plain else None  # type: ignore[arg-type]
-            out.extend(rows if rows is not None else _exact(bytes(block), line, final, path))
-            del rows
+    with mapped, _no_gc(), memoryview(mapped) as data:
+        for block, final in _blocks(mapped, data):
+            with block:
+                n, plain = (0, False) if final else _lines(block)
+                rows = _fast(block, n) if plain else None
+                out.extend(rows if rows is not None else _exact(bytes(block), line, final, path))
+                del rows
             line += n
     return out
 

@@ -200,7 +200,7 @@ def _split(cols: list[_Columns], idx: np.ndarray, ids: list[str], basis: str) ->
 
 
 def _stats(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray, hold: np.ndarray) -> TierStats:
-    values = c.value[cal].tolist()
+    values = c.value[cal]
     ok = cal[~c.error[cal]]
     quality = mean_ci(values)
     costs = c.cost_usd[ok]
@@ -210,11 +210,11 @@ def _stats(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray, hold: np.ndarr
     lo = quality["ci_low"]
     enough = quality["n"] >= task.min_samples
     decided = enough and lo is not None and lo >= task.target
-    needed = None if decided else samples_to_decide(list(values), task.target)
+    needed = None if decided else samples_to_decide(values, task.target)
     if needed is not None:
         needed = max(needed, task.min_samples)
     return TierStats(
-        tier=t, quality=quality, quality_holdout=mean_ci(c.value[hold].tolist()),
+        tier=t, quality=quality, quality_holdout=mean_ci(c.value[hold]),
         cost_per_1k_usd=sum(costs_l) / len(costs_l) * 1000 if costs_l else None,
         latency_mean_s=sum(lats_l) / len(lats_l) if lats_l else None, latency_p95_s=percentile(lats_l, 95),
         meets_target=decided, samples_needed=needed,
@@ -249,9 +249,10 @@ def _exclusions(task: TaskData, s: TierStats) -> list[str]:
 def calibrate(task: TaskData) -> Calibrated:
     """Tier statistics on the samples every tier ran, ordered cheapest first, with eligibility decided."""
     notes = list(task.notes)
-    ids = sorted(set.intersection(*(set(t.rows) for t in task.tiers))) if task.tiers else []
-    union = set().union(*(set(t.rows) for t in task.tiers)) if task.tiers else set()
-    if len(ids) < len(union):
+    common: set[str] = set(task.tiers[0].rows).intersection(*(t.rows for t in task.tiers[1:])) if task.tiers else set()
+    ids = sorted(common)
+    if any(len(t.rows) > len(common) for t in task.tiers):
+        union = set().union(*(t.rows for t in task.tiers))
         notes.append(f"{len(union) - len(ids)} sample(s) did not run on every tier and were left out")
     first = task.tiers[0].rows if task.tiers else {}
     splits = column([first[sid] for sid in ids], "split")

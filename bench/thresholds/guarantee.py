@@ -22,7 +22,8 @@ def p_value_mean_below(values: np.ndarray, target: float, *, binary: bool) -> fl
     where every value is the same, the binomial tail of the (fractional) sum, the worst case for a [0, 1]
     score of that mean. NaN values are dropped; no values gives 1."""
     from scipy.special import betainc
-    from scipy.stats import binom, t
+
+    from bench.stats import binom_sf, t_sf
 
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
@@ -36,13 +37,13 @@ def p_value_mean_below(values: np.ndarray, target: float, *, binary: bool) -> fl
     s = float(x.sum())
     if binary:
         k = int(round(s))
-        return float(binom.sf(k - 1, n, target))
+        return float(binom_sf(k - 1, n, target))
     sd = float(x.std(ddof=1)) if n > 1 else 0.0
     if sd < 1e-12:
         # P(Binomial(n, target) >= s), continued to fractional s through the regularized incomplete beta
         return float(betainc(s, n - s + 1, target)) if 0 < s < n else (1.0 if s <= 0 else target ** n)
     stat = (float(x.mean()) - target) / (sd / math.sqrt(n))
-    return float(t.sf(stat, n - 1))
+    return t_sf(stat, n - 1)
 
 
 def fixed_sequence(p_values: Sequence[float], alpha: float) -> int:
