@@ -100,6 +100,16 @@ def test_slim_reader_keeps_and_refuses_what_the_dict_reader_does(case: str, bloc
         assert slim and slim[0] != "error"
 
 
+@pytest.mark.parametrize("text", ["", "\n", "{", '{"a": 1}\n' + "x" * 200_000, '{"a": 1}\n' * 3 + '{"b"'])
+def test_only_whole_lines_are_mapped(text: str, tmp_path: Path) -> None:
+    # a writer resuming after a kill cuts a torn last line: the mapping must end before it
+    path = tmp_path / "samples.jsonl"
+    path.write_text(text)
+    with path.open("rb") as f:
+        assert columns._whole_lines(f, len(text)) == text.rfind("\n") + 1
+    assert _both(path)[0] == _both(path)[1]
+
+
 def test_missing_samples_file_reads_as_no_rows(tmp_path: Path) -> None:
     assert read_fields(tmp_path / "samples.jsonl") == [] == read_samples(tmp_path / "samples.jsonl")
 

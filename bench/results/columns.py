@@ -15,14 +15,15 @@ the one dict reader, and the fast path only ever handles the rows that reader pa
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from itertools import compress, count, repeat
 from operator import attrgetter, itemgetter, ne, or_
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import msgspec
 import numpy as np
@@ -145,24 +146,39 @@ def _lines(block: memoryview | bytes) -> tuple[int, bool]:
     return len(ends), bool(data.size) and bool(data[0] == 123) and bool((data[ends[:-1] + 1] == 123).all())
 
 
-def _blocks(mapped: mmap.mmap, data: memoryview) -> Iterator[tuple[memoryview, bool]]:
-    """(block, final) for whole-line blocks of about _BLOCK bytes of the mapped file, as views (let go of each
-    before the file is closed); last, where the file ends without a newline, that line, final True."""
-    start, size = 0, len(mapped)
-    while start < size:
-        end = mapped.find(b"\n", min(start + _BLOCK, size) - 1) + 1  # the line crossing the limit kept whole
-        if end == 0:
-            end = mapped.rfind(b"\n", start, size) + 1  # the whole lines before a torn last one
-        if end <= start:
-            yield data[start:], True
-            return
-        yield data[start:end], False
-        if hasattr(mmap, "MADV_DONTNEED"):  # the decoded pages leave this process's RSS (the page cache keeps them)
-            page = mmap.PAGESIZE
-            first, last = start // page * page, end // page * page
-            if last > first:
-                mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
-        start = end
+def _blocks(mapped: mmap.mmap | None, torn: bytes) -> Generator[tuple[memoryview | bytes, bool], None, None]:
+    """(block, final) for whole-line blocks of about _BLOCK bytes of the mapped whole lines, as views (let go of
+    each before the file is closed); last, the bytes after the last newline (a torn line), final True."""
+    size = len(mapped) if mapped is not None else 0
+    start = 0
+    with memoryview(mapped if mapped is not None else b"") as data:
+        while start < size:
+            assert mapped is not None
+            end = mapped.find(b"\n", min(start + _BLOCK, size) - 1) + 1  # the line crossing the limit kept whole
+            with data[start:end] as block:
+                yield block, False
+            if hasattr(mmap, "MADV_DONTNEED"):  # decoded pages leave this process's RSS (the page cache keeps them)
+                page = mmap.PAGESIZE
+                first, last = start // page * page, end // page * page
+                if last > first:
+                    mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+            start = end
+    if torn:
+        yield torn, True
+
+
+def _whole_lines(f: BinaryIO, size: int) -> int:
+    """Where the file's last whole line ends (0: none), read from the end backwards. Only that much is mapped: a
+    writer resuming after a kill cuts a torn last line, and a mapped page past the end would then fault."""
+    end, chunk = size, 1 << 16
+    while end > 0:
+        start = max(0, end - chunk)
+        f.seek(start)
+        at = f.read(end - start).rfind(b"\n")
+        if at >= 0:
+            return start + at + 1
+        end = start
+    return 0
 
 
 def read_fields(path: Path) -> list[SampleFields]:
@@ -172,24 +188,26 @@ def read_fields(path: Path) -> list[SampleFields]:
     try:
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
-            mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else None
+            whole = _whole_lines(f, size)
+            f.seek(whole)
+            torn = f.read(size - whole)
+            mapped = mmap.mmap(f.fileno(), whole, access=mmap.ACCESS_READ) if whole else None
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:
         raise UserInputError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", file=str(path)) from None
-    if mapped is None:
-        return []
-    # mapped, not read: the pages are decoded where the kernel keeps them, without a copy into Python
-    mapped.madvise(mmap.MADV_SEQUENTIAL) if hasattr(mmap, "MADV_SEQUENTIAL") else None
+    if mapped is not None and hasattr(mmap, "MADV_SEQUENTIAL"):
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
     out: list[SampleFields] = []
     line = 1
-    with mapped, _no_gc(), memoryview(mapped) as data:
-        for block, final in _blocks(mapped, data):
-            with block:
-                n, plain = (0, False) if final else _lines(block)
-                rows = _fast(block, n) if plain else None
-                out.extend(rows if rows is not None else _exact(bytes(block), line, final, path))
-                del rows
+    # the blocks' views are let go of (the generator closed) before the mapping closes, an error or not
+    with mapped if mapped is not None else contextlib.nullcontext(), _no_gc(), \
+            contextlib.closing(_blocks(mapped, torn)) as blocks:
+        for block, final in blocks:
+            n, plain = (0, False) if final else _lines(block)
+            rows = _fast(block, n) if plain else None  # type: ignore[arg-type]
+            out.extend(rows if rows is not None else _exact(bytes(block), line, final, path))
+            del rows
             line += n
     return out
 
