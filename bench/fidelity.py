@@ -4,9 +4,9 @@ Per round, each measurement runs llama.cpp's tool and bench back to back on the 
 order alternating from round to round (llama.cpp first in odd rounds, bench first in even ones):
 
 - decode at concurrency 1 (`--parallel` holds 1): `llama-bench -p 0 -n TOKENS -d DEPTH -fa 0 -r 1 -o json`, its
-  `avg_ts`, against bench's llamacpp backend (the worker's registry construction and `_one` loop) decoding one
-  request of DEPTH prompt tokens for exactly TOKENS tokens (EOS ignored), its decode rate computed by
-  `bench.measure.timing.derive` as `bench run`'s summary does;
+  `avg_ts`, against bench's llamacpp backend (the worker's registry construction and its scheduler, one
+  sequence) decoding one request of DEPTH prompt tokens for exactly TOKENS tokens (EOS ignored), its decode
+  rate computed by `bench.measure.timing.derive` as `bench run`'s summary does;
 - batched decode at each N > 1 of `--parallel`: `llama-batched-bench -npp DEPTH -ntg TOKENS -npl N -fa 0`, its
   S_TG, against bench's `BatchScheduler` decoding N such requests at once (definition in DEFINITIONS).
 
@@ -225,7 +225,7 @@ def batched_decode_tps(gens: list[Any]) -> float:
 
 def bench_decode(model: Any, threads: int, depth: int, tokens: int, n: int) -> float:
     """Bench's own decode rate: the llamacpp backend built as the worker builds it, N requests of exactly `depth`
-    prompt tokens decoding exactly `tokens` tokens each (N = 1: the one-at-a-time loop; N > 1: BatchScheduler)."""
+    prompt tokens decoding exactly `tokens` tokens each (BatchScheduler with N sequences; N = 1: one at a time)."""
     from pydantic import TypeAdapter
 
     from bench.backends.base import Request, create_backend
