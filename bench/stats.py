@@ -253,20 +253,21 @@ def paired_bootstrap_diff(a: Sequence[float] | np.ndarray, b: Sequence[float] | 
     return {"delta": float(d.mean()), "ci_low": float(lo[0]), "ci_high": float(hi[0]), "n": int(d.size)}
 
 
-def _binom_kernels() -> tuple[Any, Any]:
-    """scipy.stats.binom's own cdf and sf kernels (scipy.special), or, in a SciPy without them, binom itself."""
+def _binom_kernels() -> tuple[Any, Any, Any]:
+    """scipy.stats.binom's own pmf, cdf and sf kernels (scipy.special, private), or, in a SciPy without them,
+    binom's methods themselves (for k in 0..n-1 the same figures; importing scipy.stats costs about 1 s)."""
     try:
-        from scipy.special._ufuncs import _binom_cdf, _binom_sf
+        from scipy.special._ufuncs import _binom_cdf, _binom_pmf, _binom_sf
     except ImportError:
         from scipy.stats import binom
 
-        return binom.cdf, binom.sf
-    return _binom_cdf, _binom_sf
+        return binom.pmf, binom.cdf, binom.sf
+    return _binom_pmf, _binom_cdf, _binom_sf
 
 
 def binom_cdf(k: np.ndarray | int, n: int, p: float) -> np.ndarray:
     """scipy.stats.binom.cdf(k, n, p) for integer k, without importing scipy.stats (about 1 s of a command)."""
-    cdf, _ = _binom_kernels()
+    _, cdf, _ = _binom_kernels()
     k = np.asarray(k, dtype=float)
     inside = np.clip(k, 0, max(n - 1, 0))
     return np.where(k < 0, 0.0, np.where(k >= n, 1.0, cdf(inside, n, p)))
@@ -274,7 +275,7 @@ def binom_cdf(k: np.ndarray | int, n: int, p: float) -> np.ndarray:
 
 def binom_sf(k: np.ndarray | int, n: int, p: float) -> np.ndarray:
     """scipy.stats.binom.sf(k, n, p) for integer k, without importing scipy.stats."""
-    _, sf = _binom_kernels()
+    _, _, sf = _binom_kernels()
     k = np.asarray(k, dtype=float)
     inside = np.clip(k, 0, max(n - 1, 0))
     return np.where(k < 0, 1.0, np.where(k >= n, 0.0, sf(inside, n, p)))
@@ -292,18 +293,13 @@ def mcnemar_exact(worse: int, better: int) -> float:
     k = worse + better
     if k == 0:
         return 1.0
-    try:
-        return _binomtest_half(worse, k)
-    except ImportError:  # a SciPy without the binomial kernels in scipy.special: its own test
-        from scipy.stats import binomtest
-
-        return float(binomtest(worse, k, 0.5).pvalue)
+    return _binomtest_half(worse, k)
 
 
 def _binomtest_half(k: int, n: int) -> float:
     """scipy.stats.binomtest(k, n, 0.5).pvalue, two-sided, step for step on the same binomial kernels, without
     importing scipy.stats (about 1 s, most of `bench compare`'s time on a big run); the test checks it is equal."""
-    from scipy.special._ufuncs import _binom_cdf, _binom_pmf, _binom_sf
+    _binom_pmf, _binom_cdf, _binom_sf = _binom_kernels()
 
     def pmf(x: float) -> float:
         return float(_binom_pmf(x, n, 0.5))

@@ -168,3 +168,18 @@ def test_binomial_t_and_normal_kernels_equal_scipy_stats() -> None:
     for x, df in zip(rng.normal(0, 4, 300), rng.integers(1, 400_000, 300)):
         assert t_sf(float(x), float(df)) == t.sf(x, df)
     assert float(ndtri(0.975)) == norm.ppf(0.975)
+
+
+def test_binomial_kernels_fall_back_to_scipy_stats_with_the_same_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SciPy without the private kernels: binom's own methods stand in, and every figure stays the same."""
+    from scipy.stats import binom, binomtest
+
+    import bench.stats as st
+
+    monkeypatch.setattr(st, "_binom_kernels", lambda: (binom.pmf, binom.cdf, binom.sf))
+    for n in range(1, 60):
+        for worse in range(n + 1):
+            assert st.mcnemar_exact(worse, n - worse) == binomtest(worse, n, 0.5).pvalue, (worse, n)
+    k = np.arange(-2, 70)
+    assert np.array_equal(st.binom_cdf(k, 64, 0.95), binom.cdf(k, 64, 0.95))
+    assert np.array_equal(st.binom_sf(k, 64, 0.95), binom.sf(k, 64, 0.95))

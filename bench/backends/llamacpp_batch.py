@@ -258,8 +258,8 @@ class BatchScheduler:
             s.gen.token_times.append(now)
             s.raw += self.engine.piece(tok)
             # as llama.cpp's detokenize: an answer starting with BOS drops one leading space
-            lead = 1 if s.out[0] == self.engine.bos and s.raw[:1] == b" " else 0
-            s.text = s.raw[lead:].decode("utf-8", errors="ignore")
+            lead = s.out[0] == self.engine.bos and s.raw[:1] == b" "
+            s.text = (s.raw[1:] if lead else s.raw).decode("utf-8", errors="ignore")
             hit = min((i for i in (s.text.find(x) for x in s.stops) if i >= 0), default=-1)
             if hit >= 0:
                 s.text = s.text[:hit]

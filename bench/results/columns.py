@@ -149,20 +149,19 @@ def _lines(block: memoryview | bytes) -> tuple[int, bool]:
 def _blocks(mapped: mmap.mmap | None, torn: bytes) -> Generator[tuple[memoryview | bytes, bool], None, None]:
     """(block, final) for whole-line blocks of about _BLOCK bytes of the mapped whole lines, as views (let go of
     each before the file is closed); last, the bytes after the last newline (a torn line), final True."""
-    size = len(mapped) if mapped is not None else 0
-    start = 0
-    with memoryview(mapped if mapped is not None else b"") as data:
-        while start < size:
-            assert mapped is not None
-            end = mapped.find(b"\n", min(start + _BLOCK, size) - 1) + 1  # the line crossing the limit kept whole
-            with data[start:end] as block:
-                yield block, False
-            if hasattr(mmap, "MADV_DONTNEED"):  # decoded pages leave this process's RSS (the page cache keeps them)
-                page = mmap.PAGESIZE
-                first, last = start // page * page, end // page * page
-                if last > first:
-                    mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
-            start = end
+    if mapped is not None:
+        start, size = 0, len(mapped)
+        with memoryview(mapped) as data:
+            while start < size:
+                end = mapped.find(b"\n", min(start + _BLOCK, size) - 1) + 1  # the line crossing the limit kept whole
+                with data[start:end] as block:
+                    yield block, False
+                if hasattr(mmap, "MADV_DONTNEED"):  # decoded pages leave the RSS (the page cache keeps them)
+                    page = mmap.PAGESIZE
+                    first, last = start // page * page, end // page * page
+                    if last > first:
+                        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+                start = end
     if torn:
         yield torn, True
 
