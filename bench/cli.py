@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the suite's generation.parallel, 1). Per-request latency is then measured under load")
     r.add_argument("--concurrency", metavar="L1,L2,...",
                    help="also time each cell at these concurrency levels (llama.cpp sequences, or HTTP requests in "
-                        "flight) over the suite's load.timing_samples; cost is taken at the cheapest level shown (95% "
+                        "flight) over the suite's load.timing_samples; cost is taken at the cheapest level shown (95%% "
                         "upper bound on its p95) to meet max_p95_latency_s (default: the suite's load.concurrency)")
     r.add_argument("--hardware", help="hardware profile id (default: the profile matching this machine)")
     r.add_argument("--results", default="results", help="results directory (default: results)")

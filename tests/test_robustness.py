@@ -373,3 +373,32 @@ def test_a_planted_credential_reaches_no_file_and_no_log(tmp_path: Path, capsys:
     for where, text in texts.items():
         for secret in ("PLANTEDPASS", "PLANTEDKEY"):
             assert secret not in text, f"{secret} leaked into {where}"
+
+
+# ---------------------------------------------------------------- the CLI's own help
+
+def _parsers(parser: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    """Every parser of the CLI, subcommands of subcommands included, with the words that reach it."""
+    import argparse
+
+    assert isinstance(parser, argparse.ArgumentParser)
+    found: list[tuple[tuple[str, ...], object]] = [(path, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _parsers(sub, (*path, name))
+    return found
+
+
+def test_every_commands_help_renders() -> None:
+    """`bench CMD --help` of every command formats (a stray % in a help string made `bench run --help` a
+    traceback); each help names the command's own options."""
+    from bench.cli import build_parser
+
+    parsers = _parsers(build_parser())
+    assert len(parsers) > 10
+    for path, parser in parsers:
+        text = parser.format_help()  # type: ignore[attr-defined]
+        assert text.startswith("usage: "), path
+        if path == ("run",):
+            assert "--concurrency" in text and "95% upper bound" in text
