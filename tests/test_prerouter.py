@@ -46,15 +46,16 @@ def _rows(n: int = 240) -> list[dict[str, Any]]:
 
 def _run(tmp_path: Path, families: str, rows: list[dict[str, Any]] | None = None, slow: bool = False
          ) -> tuple[Any, Path]:
-    """Run the suite on the fake tiers; `slow`: tiers that take seconds, so a router's own time costs little."""
+    """Run the suite on the fake tiers; `slow`: tiers whose (synthetic) answers take seconds to tens of seconds, so a
+    router's own measured time costs little even when a busy machine slows it tenfold."""
     from bench.config import load_suite
     from bench.runner import run_suite
 
     text = PRE_SUITE.replace("FAMILIES", families)
     if slow:
         text = text.replace("tokens_per_s_by_model: {qwen2.5-coder-0.5b-instruct: 100",
-                            "tokens_per_s: 5\n      tokens_per_s_by_model: {qwen2.5-coder-0.5b-instruct: 0.5")
-        assert "tokens_per_s: 5" in text
+                            "tokens_per_s: 0.5\n      tokens_per_s_by_model: {qwen2.5-coder-0.5b-instruct: 0.05")
+        assert "tokens_per_s: 0.5" in text
     suite = load_suite(write_suite(tmp_path / "suite", text, rows or _rows()))
     run_suite(suite, results_dir=tmp_path / "results", isolation="inline", quiet=True)
     return suite, tmp_path / "results"
