@@ -235,6 +235,25 @@ def test_other_hardware_shows_speed_without_judging_it(here: Path) -> None:
     assert "different hardware" in speed["note"] and result["exit_code"] == 0
 
 
+def test_another_load_shows_speed_without_judging_it(here: Path) -> None:
+    """A baseline run one request at a time against the same cell run with 8 in flight (--parallel 8): the loaded
+    per-request latency is shown, not called a regression, even with --gate-speed; at equal loads it is judged."""
+    def loaded(rs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+        return [{**r, "concurrency": n} for r in rs]
+
+    write_run(here / "b", "extract", [rows(cell(QWEN15), latency=0.5)])  # rows without the field: one at a time
+    write_run(here / "c", "extract", [loaded(rows(cell(QWEN15), latency=3.0, rss=1400), 8)])
+    result = compare("b", "c", gate_speed=True)
+    speed = result["tasks"][0]["pairs"][0]["speed"]
+    assert speed["latency_p95_s"]["ratio"] == pytest.approx(6.0) and speed["latency_p95_s"]["verdict"] == "n/a"
+    assert speed["peak_rss_mb"]["verdict"] == "n/a" and speed["worse"] == []
+    assert "different load (1 vs 8 requests in flight" in speed["note"] and result["exit_code"] == 0
+    write_run(here / "b8", "extract", [loaded(rows(cell(QWEN15), latency=0.5), 8)])
+    result = compare("b8", "c", gate_speed=True)  # both at 8 in flight: judged as usual
+    assert result["tasks"][0]["pairs"][0]["speed"]["latency_p95_s"]["verdict"] == "worse"
+    assert result["exit_code"] == 1
+
+
 def test_later_run_of_a_suite_replaces_its_cells(here: Path) -> None:
     write_run(here / "b", "extract", [rows(cell(QWEN15), quality=0.3)], run_id="20260101T000000Z-0001")
     write_run(here / "b", "extract", [rows(cell(QWEN15), quality=0.9)], run_id="20260102T000000Z-0002")

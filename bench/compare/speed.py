@@ -234,14 +234,31 @@ def _peak(rows: list[Any], key: str) -> float | None:
     return max(vals) if vals else None
 
 
+def in_flight(rows: list[Any]) -> tuple[int, ...]:
+    """The concurrencies the rows were answered at (a row without one: 1), sorted."""
+    return tuple(sorted({int(c) if isinstance(c, (int, float)) and c >= 1 else 1 for c in column(rows, "concurrency")}))
+
+
+def _load_text(levels: tuple[int, ...]) -> str:
+    return "/".join(map(str, levels)) or "1"
+
+
 def compare_speed(b_cell: dict[str, Any], c_cell: dict[str, Any], b_rows: list[dict[str, Any]],
                   c_rows: list[dict[str, Any]], b_all: list[dict[str, Any]], c_all: list[dict[str, Any]], *,
                   factor: float = DEFAULT_FACTOR) -> dict[str, Any]:
     """p95 latency, decode tokens/s and peak memory. b_rows/c_rows: the samples both cells answered, aligned;
-    b_all/c_all: every row of each cell (peak memory is the cell's peak)."""
+    b_all/c_all: every row of each cell (peak memory is the cell's peak). Judged only on the same hardware and at
+    the same load: a side answered with several requests in flight (--parallel N, an HTTP backend's concurrency)
+    has per-request figures of a loaded engine and the memory of N sequences, so against one run at another load
+    they are shown, not judged."""
     comparable = b_cell.get("hardware") == c_cell.get("hardware")
     note = None if comparable else (f"different hardware ({b_cell.get('hardware')} vs {c_cell.get('hardware')}): "
                                     "speed and memory are shown, not judged")
+    b_load, c_load = in_flight(b_rows), in_flight(c_rows)
+    if comparable and b_load != c_load:
+        comparable = False
+        note = (f"different load ({_load_text(b_load)} vs {_load_text(c_load)} requests in flight, e.g. --parallel): "
+                "per-request speed and memory are shown, not judged")
     x, y = _pairs(b_rows, c_rows, "latency_s")
     d = _decode_parts(b_rows, c_rows)
 

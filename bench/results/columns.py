@@ -66,6 +66,7 @@ class SampleFields(msgspec.Struct, gc=False):
     rss_peak_mb: Any = None
     gpu_peak_mb: Any = None
     locality: Any = None
+    concurrency: Any = None
     contention: Window | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
