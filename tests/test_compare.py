@@ -12,7 +12,7 @@ import pytest
 from bench.cli import main
 from bench.compare import compare, pair_cells
 from bench.compare.core import CellData
-from bench.compare.speed import judge
+from bench.compare.speed import in_flight, judge
 
 GOLDEN = Path(__file__).parent / "golden"
 HW = "cpu-test"
@@ -252,6 +252,7 @@ def test_another_load_shows_speed_without_judging_it(here: Path) -> None:
     result = compare("b8", "c", gate_speed=True)  # both at 8 in flight: judged as usual
     assert result["tasks"][0]["pairs"][0]["speed"]["latency_p95_s"]["verdict"] == "worse"
     assert result["exit_code"] == 1
+    assert in_flight([{"concurrency": v} for v in (None, "8", 1e999, float("nan"), True, 0, 4.0)]) == (1, 4)
 
 
 def test_later_run_of_a_suite_replaces_its_cells(here: Path) -> None:

@@ -235,8 +235,9 @@ def _peak(rows: list[Any], key: str) -> float | None:
 
 
 def in_flight(rows: list[Any]) -> tuple[int, ...]:
-    """The concurrencies the rows were answered at (a row without one: 1), sorted."""
-    return tuple(sorted({int(c) if isinstance(c, (int, float)) and c >= 1 else 1 for c in column(rows, "concurrency")}))
+    """The concurrencies the rows were answered at (a row without a usable one: 1), sorted."""
+    return tuple(sorted({int(c) if isinstance(c, (int, float)) and math.isfinite(c) and c >= 1 else 1
+                         for c in column(rows, "concurrency")}))
 
 
 def _load_text(levels: tuple[int, ...]) -> str:
