@@ -152,6 +152,7 @@ class BenchSuites:
 
     def check_cell(self, suite_name: str, cell: dict[str, Any], benchmark: Any) -> None:
         from bench.errors import BenchError
+        from bench.results.schema import row_concurrency
         from bench.tasks import get_task
 
         outcome = self.outcome(suite_name)
@@ -173,7 +174,7 @@ class BenchSuites:
                 "metric": metric, "quality_mean": quality["mean"], "quality_ci_low": quality["ci_low"],
                 "quality_ci_high": quality["ci_high"], "target": suite.target, "n": len(rows),
                 "errors": len(rows) - len(ok), "error_rate": (len(rows) - len(ok)) / len(rows),
-                "concurrency": max((int(r.get("concurrency") or 1) for r in rows), default=1),
+                "concurrency": max((row_concurrency(r.get("concurrency")) for r in rows), default=1),
                 "unit": "seconds per request (measured latency_s, with `concurrency` requests in flight)"})
             record_latencies(benchmark, latencies)
         errored = [r for r in rows if r.get("error")]

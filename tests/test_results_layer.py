@@ -212,3 +212,20 @@ def test_latest_rows_keys_sample_ids_as_strings() -> None:
     b = {"cell_id": "c", "sample_id": "1", "score": 1.0}
     c = {"cell_id": "d", "sample_id": "1", "score": 0.5}
     assert latest_rows([a, c, b]) == [b, c]
+
+
+def test_a_malformed_concurrency_reads_as_one_at_a_time(tmp_path: Path, fake_suite: Path) -> None:
+    """summary (report, project), the pytest plugin and compare read a row's `concurrency` through one helper:
+    a value that is not a finite number >= 1 counts as 1, where `int(...)` raised a traceback on "x" or 1e999."""
+    from bench.results.schema import row_concurrency
+
+    assert [row_concurrency(v) for v in (None, "x", 1e999, float("nan"), True, 0, -3, [8], 4.0, 8)] == \
+        [1, 1, 1, 1, 1, 1, 1, 1, 4, 8]
+    out = _run(fake_suite, tmp_path / "results")
+    rows = out.run.samples()
+    manifest = json.loads(out.run.manifest_path.read_text())
+    bad = [{**r, "concurrency": v} for r, v in zip(rows, ["x", 1e999, [8], None] * len(rows))]
+    cells = build_summary(bad, manifest)["cells"]
+    assert cells and all(c["load"] is None for c in cells)  # all read as one at a time: no batched pass
+    loaded = build_summary([{**r, "concurrency": 8 if i % 2 else "x"} for i, r in enumerate(rows)], manifest)
+    assert all(c["load"]["concurrency"] == 8 and c["load"]["mixed_concurrency"] for c in loaded["cells"])

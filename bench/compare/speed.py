@@ -12,6 +12,7 @@ import numpy as np
 
 from bench.fmt import finite
 from bench.results.columns import column
+from bench.results.schema import row_concurrency
 from bench.stats import paired_bootstrap_diff
 
 DEFAULT_FACTOR = 1.10
@@ -235,9 +236,14 @@ def _peak(rows: list[Any], key: str) -> float | None:
 
 
 def in_flight(rows: list[Any]) -> tuple[int, ...]:
-    """The concurrencies the rows were answered at (a row without a usable one: 1), sorted."""
-    return tuple(sorted({int(c) if isinstance(c, (int, float)) and math.isfinite(c) and c >= 1 else 1
-                         for c in column(rows, "concurrency")}))
+    """The concurrencies the rows were answered at (bench.results.schema.row_concurrency), sorted; each distinct
+    value is read once, not each row."""
+    raw = column(rows, "concurrency")
+    try:
+        values: Any = set(raw)
+    except TypeError:  # an unhashable value (a malformed row): read them all
+        values = raw
+    return tuple(sorted(set(map(row_concurrency, values))))
 
 
 def _load_text(levels: tuple[int, ...]) -> str:

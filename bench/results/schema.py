@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bench import SCHEMA_VERSION
@@ -34,6 +35,14 @@ SAMPLE_FIELDS = (
 def cell_id(cell: dict[str, Any]) -> str:
     """A readable, stable key for a cell: model@quant/backend/hardware#gen."""
     return f"{cell['model']}@{cell.get('quantization') or '-'}/{cell['backend']}/{cell.get('hardware') or '-'}#{cell.get('gen', '')}"
+
+
+def row_concurrency(value: Any) -> int:
+    """A row's `concurrency` (requests in flight when it was answered) as a whole number; a row without one, or
+    with anything but a finite number >= 1 there, was answered one at a time as far as analysis is concerned."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 1:
+        return int(value)
+    return 1
 
 
 def cell_label(cell: dict[str, Any]) -> str:

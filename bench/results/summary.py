@@ -8,6 +8,7 @@ from typing import Any
 from bench import SCHEMA_VERSION
 from bench.measure.timing import derive
 from bench.results.load import latest_rows
+from bench.results.schema import row_concurrency
 from bench.stats import clean, mean_ci, percentile
 
 
@@ -136,12 +137,12 @@ def _load(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     of the rows' spans from their absolute timestamps, so a pause between two resumed passes is not counted), at the highest concurrency the cell's rows ran at. Per-request latency, TTFT and token
     times of those rows were measured with that many requests in flight: under load, not on an idle engine.
     None when every row ran one at a time."""
-    level = max((int(r.get("concurrency") or 1) for r in rows), default=1)
+    level = max((row_concurrency(r.get("concurrency")) for r in rows), default=1)
     if level <= 1:
         return None
-    return {"concurrency": level, **throughput([r for r in rows if int(r.get("concurrency") or 1) == level]),
+    return {"concurrency": level, **throughput([r for r in rows if row_concurrency(r.get("concurrency")) == level]),
             "per_request": f"latency, TTFT and token times measured under load: {level} requests in flight",
-            "mixed_concurrency": any(int(r.get("concurrency") or 1) != level for r in rows)}
+            "mixed_concurrency": any(row_concurrency(r.get("concurrency")) != level for r in rows)}
 
 
 def throughput(rows: list[dict[str, Any]]) -> dict[str, Any]:
