@@ -169,15 +169,16 @@ def attach(summary: dict[str, Any], load_rows: list[dict[str, Any]], budget_s: f
         cell["changed_answers"] = changed_answers(main.get(cid, []), levels or {}, temperature)
         in_flight = int((cell.get("load") or {}).get("concurrency") or 1)
         main_basis = ("one request at a time" if in_flight == 1 else
-                      f"the main pass, {in_flight} requests in flight (--parallel; its per-request latencies, which "
-                      "thresholds uses, were measured under that load)")
+                      f"the main pass, {in_flight} requests in flight (--parallel; its per-request latencies were "
+                      "measured under that load)")
         if levels and 1 in levels:
             idle_latency(cell, list(levels[1].values()))
         if not levels:
             cell["load_levels"], cell["operating_point"] = None, None
             cell["cost_basis"] = f"{main_basis} (no --concurrency sweep)"
             continue
-        figures = [level_figures(list(rows.values())) for _, rows in sorted(levels.items())]
+        figures = [level_figures(list(rows.values())) | latency_vs_main(main.get(cid, []), rows)
+                   for _, rows in sorted(levels.items())]
         if max(levels) == 1:
             cell["load_levels"], cell["operating_point"] = figures, None
             cell["cost_basis"] = (f"{main_basis} (timed at concurrency 1 only)" if in_flight > 1 else
@@ -190,6 +191,25 @@ def attach(summary: dict[str, Any], load_rows: list[dict[str, Any]], budget_s: f
             cell["cost_basis"] = f"concurrency {point['level']}: {point['reason']}"
         else:
             cell["cost_basis"] = f"{main_basis}: {point['reason']}"
+
+
+def latency_vs_main(main: list[dict[str, Any]], level: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A level's per-request latency against the main pass's on the same samples (answered, with a latency, in
+    both): the ratio of the two sums (`latency_vs_main`) and how many samples it rests on (`latency_vs_main_n`).
+    `bench thresholds` scales a tier's per-request latencies by it where it prices the tier at this level. The
+    ratio is None where no sample was timed in both."""
+    by_id = {str(r.get("sample_id")): r for r in main if not r.get("error")}
+    pairs = [(_seconds(by_id[sid]), _seconds(r)) for sid, r in level.items() if sid in by_id and not r.get("error")]
+    kept = [(a, b) for a, b in pairs if a is not None and b is not None]
+    total = sum(a for a, _ in kept)
+    return {"latency_vs_main": sum(b for _, b in kept) / total if kept and total > 0 else None,
+            "latency_vs_main_n": len(kept)}
+
+
+def _seconds(row: dict[str, Any]) -> float | None:
+    v = row.get("latency_s")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 \
+        else None
 
 
 def idle_latency(cell: dict[str, Any], level1: list[dict[str, Any]]) -> None:

@@ -59,3 +59,30 @@ matrix:
 @pytest.fixture
 def fake_suite(tmp_path: Path) -> Path:
     return write_suite(tmp_path / "suite", FAKE_SUITE)
+
+
+FLIPPED = {"t1", "t5"}  # the batching fake answers these differently when it decodes several at once
+
+
+@pytest.fixture
+def batching_fake(monkeypatch):
+    """The fake backend made to batch: rows record the parallel setting, a request decoded beside others takes
+    that many times as long, and the FLIPPED samples answer differently then (a near-tie flipped by batch size)."""
+    from bench.backends.fake import FakeBackend
+
+    one = FakeBackend._one
+    monkeypatch.setattr(FakeBackend, "parallel", 1, raising=False)
+
+    def batched(self, req):
+        gen = one(self, req)
+        n = self.parallel
+        gen.concurrency = n
+        gen.t_prefill_end *= n
+        gen.t_first_token *= n
+        gen.token_times = [t * n for t in gen.token_times]
+        gen.t_end *= n
+        if n > 1 and req.id in FLIPPED:
+            gen.text += " (batched)"
+        return gen
+
+    monkeypatch.setattr(FakeBackend, "_one", batched)

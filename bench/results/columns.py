@@ -217,6 +217,8 @@ class _PointCell(msgspec.Struct, gc=False):
     operating_point: Any = None
     cost_per_1k_usd_sequential: Any = None
     cost_basis: Any = None
+    load: Any = None
+    load_levels: Any = None
 
 
 class _PointSummary(msgspec.Struct, gc=False):

@@ -21,6 +21,14 @@ def _accept(a: dict[str, Any]) -> str:
     return {"verified": "if verified", "always": "always", "never": "-"}[a["signal"]]
 
 
+def _load(tier: dict[str, Any]) -> str:
+    """' at concurrency N' where the tier ran or is priced with several requests in flight (else nothing)."""
+    at, main = tier.get("concurrency"), tier.get("main_concurrency")
+    if not isinstance(at, int) or (at == 1 and main in (None, 1)):
+        return ""
+    return f" at concurrency {at}" + (f" (main pass {main})" if isinstance(main, int) and main != at else "")
+
+
 def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
     """(line, style) pairs for the terminal; a holdout shortfall is styled as a warning."""
     lines: list[tuple[str, str | None]] = []
@@ -31,7 +39,8 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
         for tier in t["tiers"]:
             q = tier["quality"]
             lines.append((f"  {tier['cell']}: {num(q['mean'])} [{num(q['ci_low'])}, {num(q['ci_high'])}] "
-                          f"{_cost(tier['cost_per_1k_usd'])} p95 {num(tier['latency_p95_s'], '.3g')} s  "
+                          f"{_cost(tier['cost_per_1k_usd'])} p95 {num(tier['latency_p95_s'], '.3g')} s"
+                          f"{_load(tier)}  "
                           f"{'meets target' if tier['meets_target'] else 'below target'}; "
                           + (f"accept {_accept(tier['accept_if'])}" if tier["eligible"]
                              else "excluded: " + "; ".join(tier["excluded_because"] or [])), None))

@@ -72,7 +72,9 @@ RULES = {
                "and bench.router sends the task to the strongest eligible tier unless told to trust the policy.",
     "eligibility": "A sensitive suite admits only local and on-prem tiers; a latency budget (the suite's "
                    "max_p95_latency_s, or --max-p95-latency which overrides it) admits tiers whose calibration "
-                   "p95 latency is within it.",
+                   "p95 latency is within it, at the concurrency each is priced at (`concurrency`; a tier whose "
+                   "main pass's loaded latencies miss it is priced at a timed concurrency that meets it, where one "
+                   "does: `cost_basis`).",
     "savings": "Saving against always-largest (the strongest eligible tier) counts at equal quality when the "
                "paired holdout difference (policy - largest) is >= -tolerance, the suite's regression tolerance.",
 }
@@ -126,7 +128,8 @@ def _tiers(cal: Calibrated, choice: Choice) -> list[dict[str, Any]]:
             "samples_needed": s.samples_needed, "contended": s.contended,
             "accept_if": _accept_if(cal, choice, i), "locality": t.locality, "eligible": s.eligible,
             "excluded_because": s.excluded_because or None, "confidence_available": s.confidence_available,
-            "errors": s.errors, "cost_basis": t.cost_basis,
+            "errors": s.errors, "cost_basis": t.cost_basis, "concurrency": t.concurrency,
+            "main_concurrency": t.main_concurrency,
             "runtime": {"backend": t.backend, "model": t.cell.get("model"), "quantization": t.cell.get("quantization"),
                         "chat": t.chat, "model_ref": t.model_ref, "usd_per_hour": t.usd_per_hour},
         })

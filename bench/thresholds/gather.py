@@ -27,8 +27,23 @@ class Tier:
     chat: bool
     model_ref: dict[str, Any] | None         # the suite's model entry when it has its own source
     run_id: str
-    cost_factor: float = 1.0                 # operating point's cost over the one-at-a-time cost (bench/sweep.py)
+    cost_factor: float = 1.0                 # operating point's cost over the main pass's (bench/sweep.py)
     cost_basis: str | None = None            # which of the two each request is priced at, in words
+    latency_factor: float = 1.0              # operating point's per-request latency over the main pass's
+    concurrency: int | None = None           # requests in flight at the operating point (None: not recorded)
+    main_concurrency: int = 1                # requests in flight in the main pass (its rows' latencies)
+    points: list[Point] = field(default_factory=list)       # other concurrencies it was timed at (load.jsonl)
+    levels: list[dict[str, Any]] = field(default_factory=list)  # the summary's load_levels, for the budget test
+
+
+@dataclass(frozen=True)
+class Point:
+    """A concurrency a cell was timed at besides its main pass (a bench/sweep.py level): its cost and per-request
+    latency as factors on the main pass's, so the main pass's rows can be priced and timed at it."""
+
+    level: int
+    cost_factor: float                       # the level's cost per 1k over the main pass's
+    latency_factor: float                    # the level's latency over the main pass's, on the same samples
 
 
 @dataclass
@@ -227,9 +242,11 @@ def _summary_cells(run: Any) -> list[Any]:
 
 
 def _operating_point(run: Any, cell_id: str, summaries: dict[int, Any] | None = None) -> dict[str, Any]:
-    """A cell timed at several concurrency levels (`bench run --concurrency`) is priced at its operating point:
-    each request's one-at-a-time cost scaled by the summary's operating-point cost over its sequential cost.
-    `summaries` caches each run's summary cells by id(run)."""
+    """A cell's operating point and the other concurrencies it was timed at, as Tier fields. A cell timed at
+    several levels (`bench run --concurrency`) is priced at its summary's operating point: each request's main-pass
+    cost scaled by the point's cost over the main pass's, its latency by the level's over the main pass's on the
+    same samples (`latency_vs_main`). The levels stay as `points`, for a latency budget the main pass or that point
+    fails (bench.thresholds.calibrate). `summaries` caches each run's summary cells by id(run)."""
     if run is None:
         cells: list[Any] = []
     elif summaries is None:
@@ -241,7 +258,29 @@ def _operating_point(run: Any, cell_id: str, summaries: dict[int, Any] | None = 
     cell = next((c for c in cells if isinstance(c, dict) and c.get("cell_id") == cell_id), None)
     if cell is None:
         return {}
-    point, seq, basis = cell.get("operating_point"), cell.get("cost_per_1k_usd_sequential"), cell.get("cost_basis")
-    if not isinstance(point, dict) or not point.get("cost_per_1k_usd") or not seq:
-        return {"cost_basis": basis}
-    return {"cost_factor": float(point["cost_per_1k_usd"]) / float(seq), "cost_basis": basis}
+    load = cell.get("load")
+    in_flight = _positive(load.get("concurrency")) if isinstance(load, dict) else None
+    main = int(in_flight) if in_flight is not None and in_flight.is_integer() else 1
+    seq = _positive(cell.get("cost_per_1k_usd_sequential"))
+    levels = [lv for lv in cell.get("load_levels") or [] if isinstance(lv, dict) and _positive(lv.get("level"))]
+    points = []
+    for lv in levels:
+        level, cost, ratio = int(lv["level"]), _positive(lv.get("cost_per_1k_usd")), _positive(lv.get("latency_vs_main"))
+        if level != main and seq is not None and cost is not None and ratio is not None:
+            points.append(Point(level=level, cost_factor=cost / seq, latency_factor=ratio))
+    out: dict[str, Any] = {"cost_basis": cell.get("cost_basis"), "concurrency": main, "points": points,
+                           "levels": levels, "main_concurrency": main}
+    point = cell.get("operating_point")
+    if not isinstance(point, dict):
+        return out
+    cost = _positive(point.get("cost_per_1k_usd"))
+    if cost is None or seq is None:
+        return out
+    at = next((p for p in points if p.level == point.get("level")), None)
+    return out | {"cost_factor": cost / seq, "latency_factor": at.latency_factor if at else 1.0,
+                  "concurrency": at.level if at else main}
+
+
+def _positive(v: Any) -> float | None:
+    """v as a float where it is a finite number above 0 (not a bool), else None."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else None
