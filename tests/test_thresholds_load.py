@@ -77,6 +77,7 @@ def test_a_parallel_run_is_priced_where_its_idle_latency_meets_the_budget(tmp_pa
     # a budget the idle pass cannot be shown to meet either: excluded, for the loaded p95 as before
     tight = _routing(res, tmp_path / "tight.json", "--max-p95-latency", f"{idle_upper / 2:.6g}")
     assert all(not t["eligible"] and t["concurrency"] == 4 and "exceeds" in t["excluded_because"][0]
+               and "nor at the other concurrencies timed (1 in flight" in t["excluded_because"][0]
                for t in tight["tiers"])
 
 

@@ -207,12 +207,16 @@ def _within_budget(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray) -> Tie
     p95 = percentile(answered[~np.isnan(answered)], 95)
     if p95 is None or p95 * t.latency_factor <= budget:
         return t
-    shown = {lv.get("level") for lv in within_budget(t.levels, budget)[0]}
+    passed, stop = within_budget(t.levels, budget)
+    shown = {lv.get("level") for lv in passed}
     main = Point(level=t.main_concurrency, cost_factor=1.0, latency_factor=1.0)
     fits = [pt for pt in [main, *t.points] if p95 * pt.latency_factor <= budget
             and (pt is main or pt.level in shown)]
     if not fits:
-        return t
+        others = ", ".join(f"{pt.level} in flight, calibration p95 {p95 * pt.latency_factor:.3g} s"
+                           for pt in t.points)
+        return replace(t, budget_note=f"nor at the other concurrencies timed ({others}"
+                                      f"{f'; the sweep stopped at {stop}' if stop else ''})")
     best = min(fits, key=lambda pt: (pt.cost_factor, -pt.level))
     if best is main:
         why = (f"the main pass, {best.level} request(s) in flight: its calibration p95 latency {p95:.3g} s is within "
@@ -284,7 +288,7 @@ def _exclusions(task: TaskData, s: TierStats) -> list[str]:
                        f"(from {task.latency_source}) cannot be checked")
         elif s.latency_p95_s > task.latency_budget_s:
             why.append(f"p95 latency {s.latency_p95_s:.4g} s exceeds the {task.latency_budget_s:g} s budget "
-                       f"(from {task.latency_source})")
+                       f"(from {task.latency_source})" + (f", {s.tier.budget_note}" if s.tier.budget_note else ""))
     if s.quality["n"] == 0:
         why.append("no scored calibration samples")
     return why

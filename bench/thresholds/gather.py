@@ -34,6 +34,7 @@ class Tier:
     main_concurrency: int = 1                # requests in flight in the main pass (its rows' latencies)
     points: list[Point] = field(default_factory=list)       # other concurrencies it was timed at (load.jsonl)
     levels: list[dict[str, Any]] = field(default_factory=list)  # the summary's load_levels, for the budget test
+    budget_note: str | None = None           # why no other timed concurrency met the latency budget either
 
 
 @dataclass(frozen=True)
