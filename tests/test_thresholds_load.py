@@ -132,3 +132,22 @@ def test_a_tier_well_within_the_budget_at_a_level_is_admitted_there() -> None:
     rng = np.random.default_rng(7)
     admitted = sum(_trial(rng, 0.5 * BUDGET) for _ in range(300))
     assert admitted >= 0.8 * 300, admitted
+
+
+def test_a_hand_edited_level_reads_as_unbounded(tmp_path, batching_fake) -> None:
+    """A summary whose level figures are not numbers (edited by hand) is no traceback: the level is not shown within
+    the budget, so the tier is judged on its main pass as before."""
+    suite = write_suite(tmp_path / "suite", FAKE_SUITE + "load:\n  timing_samples: 64\nprerouter:\n  families: []\n",
+                        rows=_rows(N_SAMPLES))
+    res = tmp_path / "res"
+    assert main(["run", str(suite), "--results", str(res), "--no-probe", "--isolation", "inline", "--json",
+                 "--parallel", "4"]) == 0
+    path = next(res.rglob("summary.json"))
+    doc = json.loads(path.read_text())
+    for cell in doc["cells"]:
+        cell["load_levels"][0] |= {"latency_p95_upper_s": "x", "n": "many", "level": 1}
+    path.write_text(json.dumps(doc))
+    task = _routing(res, tmp_path / "r.json", "--max-p95-latency", "1000")
+    assert all(t["eligible"] and t["concurrency"] == 4 for t in task["tiers"])  # the main pass meets 1000 s
+    task = _routing(res, tmp_path / "r.json", "--max-p95-latency", "1e-9")
+    assert all(not t["eligible"] and "needs >= 59 timing samples" in t["excluded_because"][0] for t in task["tiers"])

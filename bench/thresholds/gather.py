@@ -263,12 +263,19 @@ def _operating_point(run: Any, cell_id: str, summaries: dict[int, Any] | None = 
     in_flight = _positive(load.get("concurrency")) if isinstance(load, dict) else None
     main = int(in_flight) if in_flight is not None and in_flight.is_integer() else 1
     seq = _positive(cell.get("cost_per_1k_usd_sequential"))
-    levels = [lv for lv in cell.get("load_levels") or [] if isinstance(lv, dict) and _positive(lv.get("level"))]
-    points = []
-    for lv in levels:
-        level, cost, ratio = int(lv["level"]), _positive(lv.get("cost_per_1k_usd")), _positive(lv.get("latency_vs_main"))
-        if level != main and seq is not None and cost is not None and ratio is not None:
-            points.append(Point(level=level, cost_factor=cost / seq, latency_factor=ratio))
+    raw = cell.get("load_levels")
+    levels: list[dict[str, Any]] = []  # as the budget test reads them, each value checked
+    points: list[Point] = []
+    for lv in raw if isinstance(raw, list) else []:
+        level = _positive(lv.get("level")) if isinstance(lv, dict) else None
+        if level is None:
+            continue
+        n = lv.get("n")
+        levels.append({"level": int(level), "n": n if type(n) is int else 0,
+                       "latency_p95_upper_s": _positive(lv.get("latency_p95_upper_s"))})
+        cost, ratio = _positive(lv.get("cost_per_1k_usd")), _positive(lv.get("latency_vs_main"))
+        if int(level) != main and seq is not None and cost is not None and ratio is not None:
+            points.append(Point(level=int(level), cost_factor=cost / seq, latency_factor=ratio))
     out: dict[str, Any] = {"cost_basis": cell.get("cost_basis"), "concurrency": main, "points": points,
                            "levels": levels, "main_concurrency": main}
     point = cell.get("operating_point")
