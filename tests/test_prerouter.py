@@ -188,6 +188,25 @@ def test_embedding_family_on_the_default_model(tmp_path) -> None:
                                         json.loads(lines[0])["model_sha256"]).name
 
 
+def test_embedding_seconds_measured_beside_other_work_are_flagged(tmp_path, monkeypatch) -> None:
+    """The embedding family's cost is its measured seconds: texts embedded while other processes took CPU are
+    marked `contended` in the cache, and past a tenth of them the routing file's notes say the seconds are suspect.
+    The meter reports a busy neighbour here (a real one would slow the test several-fold); the embeddings are real."""
+    from bench.measure import contention
+
+    suite, results = _run(tmp_path, "[embedding]", _rows(90), slow=True)
+    monkeypatch.setattr(contention.ContentionMeter, "window",
+                        lambda self: {"others_cores": 1.0, "steal_cores": 0.0, "contended": True})
+    doc = build(gather([results]))
+    (task,) = doc["tasks"].values()
+    assert any("embedding pre-router's seconds are suspect: 100% of the texts" in n for n in task["notes"])
+    (cache,) = results.rglob("features/embeddings-*.jsonl")
+    assert all(json.loads(line)["contended"] is True for line in cache.read_text().splitlines())
+    monkeypatch.undo()  # a quiet meter now, but the cached seconds keep their flag
+    (task,) = build(gather([results]))["tasks"].values()
+    assert any("seconds are suspect" in n for n in task["notes"])
+
+
 def test_serve_log_fed_back_to_thresholds_reports_drift(tmp_path) -> None:
     """`bench serve --log` telemetry into `bench thresholds --telemetry`: traffic like holdout is consistent; a
     flood of hard requests (all sent past the cheap tier) is drift; a file that is not a request log is exit 2."""

@@ -104,38 +104,49 @@ def embeddings(run_dirs: list[Path], texts: dict[str, str], model_id: str
                ) -> tuple[dict[str, np.ndarray], dict[str, float], dict]:
     """sample_id -> embedding for every text, read from any run's cache where the text is unchanged and computed
     (then appended to the newest run's cache) where not. Returns the vectors, the seconds each took to compute,
-    and what was done (for notes)."""
+    and what was done (for notes), with the share of texts whose seconds were measured while other processes took
+    CPU (bench.measure.contention: `contended` in the cache rows, `contended_share` here)."""
     from bench.results.store import SampleWriter, iter_jsonl
 
     embedder = Embedder(model_id)
     found: dict[str, np.ndarray] = {}
     took: dict[str, float] = {}
+    contended: set[str] = set()  # the texts whose seconds were measured beside other processes' work
     for d in run_dirs:
         for row in iter_jsonl(cache_path(d, model_id, embedder.sha256)):
             sid = str(row.get("sample_id"))
             if sid in texts and row.get("text_sha256") == text_sha(texts[sid]) and sid not in found:
                 found[sid] = np.asarray(row["vector"], dtype=np.float64)
                 took[sid] = float(row.get("seconds") or 0.0)
+                if row.get("contended") is True:
+                    contended.add(sid)
     todo = [sid for sid in sorted(texts) if sid not in found]
     seconds: list[float] = []
     if todo:
+        from bench.measure.contention import ContentionMeter
+
         out = cache_path(run_dirs[-1], model_id, embedder.sha256)
         out.parent.mkdir(parents=True, exist_ok=True)
         writer = SampleWriter(out)
+        meter = ContentionMeter()
         try:
             for sid in todo:
                 t0 = time.perf_counter()
                 vec = embedder.embed(texts[sid])
                 seconds.append(time.perf_counter() - t0)
                 found[sid], took[sid] = vec, seconds[-1]
+                busy = meter.window()  # other processes' CPU while this text was embedded
+                if busy["contended"]:
+                    contended.add(sid)
                 writer.write({"sample_id": sid, "text_sha256": text_sha(texts[sid]), "model": model_id,
                               "model_sha256": embedder.sha256, "seconds": seconds[-1],
-                              "vector": [float(x) for x in vec]})
+                              "contended": busy["contended"], "vector": [float(x) for x in vec]})
         finally:
             writer.close()
             embedder.close()
     else:
         embedder.close()
     info = {"model": model_id, "sha256": embedder.sha256, "cached": len(texts) - len(todo), "computed": len(todo),
-            "seconds_mean": float(np.mean(list(took.values()))) if took else None}
+            "seconds_mean": float(np.mean(list(took.values()))) if took else None,
+            "contended_share": len(contended & set(texts)) / len(texts) if texts else None}
     return found, took, info

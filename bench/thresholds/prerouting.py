@@ -18,6 +18,8 @@ from bench.routers.families import Fit, calibration_error, cross_fit
 from bench.routers.features import EMBED_CTX, request_text
 from bench.thresholds.calibrate import ON_PREMISES, Calibrated
 
+CONTENDED_SHARE = 0.1  # above this share of contended embeddings their seconds are suspect (as a tier's rows)
+
 
 @dataclass
 class PreRouters:
@@ -75,6 +77,11 @@ def fit_prerouters(cal: Calibrated) -> PreRouters:
             if rate is None:
                 out.notes.append("the embedding pre-router's own time is counted in latency but not priced: no "
                                  "local tier has an hourly price")
+            if (info.get("contended_share") or 0.0) > CONTENDED_SHARE:
+                out.notes.append(f"the embedding pre-router's seconds are suspect: {info['contended_share']:.0%} of "
+                                 "the texts were embedded while other processes took CPU, which slows llama.cpp "
+                                 "several-fold here, and those seconds are its latency and cost; delete the run's "
+                                 "features/ folder and run bench thresholds again on a quiet machine")
             for split in (cal.cal, cal.hold):
                 split.overhead["embedding"] = np.array([took.get(s, 0.0) for s in split.ids])
                 split.overhead_usd["embedding"] = split.overhead["embedding"] * ((rate or 0.0) / 3600)
