@@ -74,6 +74,16 @@ def test_a_parallel_run_is_priced_where_its_idle_latency_meets_the_budget(tmp_pa
                  "--max-p95-latency", f"{budget:.6g}"]) in (0, 1)
     assert "at concurrency 1 (main pass 4)" in capsys.readouterr().err
 
+    # a timing pass that ran beside other processes' work taints the figures priced from it
+    path = next(res.rglob("summary.json"))
+    doc = json.loads(path.read_text())
+    for cell in doc["cells"]:
+        cell["load_levels"][0]["contended"] = True
+    path.write_text(json.dumps(doc))
+    busy = _routing(res, tmp_path / "busy.json", "--max-p95-latency", f"{budget:.6g}")
+    assert all(t["contended"] is True and t["concurrency"] == 1 and "contended" in t["cost_basis"]
+               for t in busy["tiers"])
+
     # a budget the idle pass cannot be shown to meet either: excluded, for the loaded p95 as before
     tight = _routing(res, tmp_path / "tight.json", "--max-p95-latency", f"{idle_upper / 2:.6g}")
     assert all(not t["eligible"] and t["concurrency"] == 4 and "exceeds" in t["excluded_because"][0]

@@ -227,9 +227,11 @@ def _within_budget(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray) -> Tie
                f"{budget:g} s budget (from {task.latency_source}); at {best.level} in flight the level's p95 is within "
                f"it at {LATENCY_CONFIDENCE:.0%} confidence and the calibration p95 is {p95 * best.latency_factor:.3g} s "
                f"(latencies x{best.latency_factor:.3g}, the level's over the main pass's on the same samples; cost "
-               f"x{best.cost_factor:.3g}, its cost per 1k over the main pass's)")
+               f"x{best.cost_factor:.3g}, its cost per 1k over the main pass's)"
+               + ("; that timing pass ran while other processes took CPU (contended): its figures are suspect"
+                  if best.contended else ""))
     return replace(t, cost_factor=best.cost_factor, latency_factor=best.latency_factor, concurrency=best.level,
-                   cost_basis=why)
+                   cost_basis=why, point_contended=best.contended)
 
 
 def _split(cols: list[_Columns], idx: np.ndarray, ids: list[str], basis: str) -> Split:
@@ -266,7 +268,7 @@ def _stats(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray, hold: np.ndarr
         cost_per_1k_usd=sum(costs_l) / len(costs_l) * 1000 if costs_l else None,
         latency_mean_s=sum(lats_l) / len(lats_l) if lats_l else None, latency_p95_s=percentile(lats_l, 95),
         meets_target=decided, samples_needed=needed,
-        contended=_contended([c.contention[i] for i in ok.tolist()]),
+        contended=True if t.point_contended else _contended([c.contention[i] for i in ok.tolist()]),
         confidence_available=bool(c.has_conf[ok].any()),
         errors=int(c.error[cal].sum()))
 

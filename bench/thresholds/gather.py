@@ -35,6 +35,7 @@ class Tier:
     points: list[Point] = field(default_factory=list)       # other concurrencies it was timed at (load.jsonl)
     levels: list[dict[str, Any]] = field(default_factory=list)  # the summary's load_levels, for the budget test
     budget_note: str | None = None           # why no other timed concurrency met the latency budget either
+    point_contended: bool = False            # the timing pass it is priced at ran beside other processes' work
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Point:
     level: int
     cost_factor: float                       # the level's cost per 1k over the main pass's
     latency_factor: float                    # the level's latency over the main pass's, on the same samples
+    contended: bool = False                  # other processes took CPU during the level's timing pass
 
 
 @dataclass
@@ -275,7 +277,8 @@ def _operating_point(run: Any, cell_id: str, summaries: dict[int, Any] | None = 
                        "latency_p95_upper_s": _positive(lv.get("latency_p95_upper_s"))})
         cost, ratio = _positive(lv.get("cost_per_1k_usd")), _positive(lv.get("latency_vs_main"))
         if int(level) != main and seq is not None and cost is not None and ratio is not None:
-            points.append(Point(level=int(level), cost_factor=cost / seq, latency_factor=ratio))
+            points.append(Point(level=int(level), cost_factor=cost / seq, latency_factor=ratio,
+                                contended=lv.get("contended") is True))
     out: dict[str, Any] = {"cost_basis": cell.get("cost_basis"), "concurrency": main, "points": points,
                            "levels": levels, "main_concurrency": main}
     point = cell.get("operating_point")
@@ -286,7 +289,7 @@ def _operating_point(run: Any, cell_id: str, summaries: dict[int, Any] | None = 
         return out
     at = next((p for p in points if p.level == point.get("level")), None)
     return out | {"cost_factor": cost / seq, "latency_factor": at.latency_factor if at else 1.0,
-                  "concurrency": at.level if at else main}
+                  "concurrency": at.level if at else main, "point_contended": bool(at and at.contended)}
 
 
 def _positive(v: Any) -> float | None:
