@@ -31,6 +31,14 @@ def finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def real(value: Any) -> float | None:
+    """`value` as a float where it is a finite int or float (not a bool, a string or NaN), else None: how analysis
+    reads a measured field that a hand-edited or older file may hold as anything."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def escape_html(value: Any, quote: bool = True) -> str:
     """Any value as HTML text (None as empty); `quote` also escapes quotes, for attributes."""
     return html.escape("" if value is None else str(value), quote=quote)

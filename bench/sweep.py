@@ -21,6 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.fmt import real
+from bench.results.schema import row_concurrency
 from bench.results.summary import contention, throughput
 from bench.stats import percentile, quantile_bound_min_n, quantile_upper_bound
 
@@ -167,7 +169,7 @@ def attach(summary: dict[str, Any], load_rows: list[dict[str, Any]], budget_s: f
         cid = str(cell.get("cell_id"))
         levels = by_cell.get(cid)
         cell["changed_answers"] = changed_answers(main.get(cid, []), levels or {}, temperature)
-        in_flight = int((cell.get("load") or {}).get("concurrency") or 1)
+        in_flight = row_concurrency((cell.get("load") or {}).get("concurrency"))
         main_basis = ("one request at a time" if in_flight == 1 else
                       f"the main pass, {in_flight} requests in flight (--parallel; its per-request latencies were "
                       "measured under that load)")
@@ -199,17 +201,12 @@ def latency_vs_main(main: list[dict[str, Any]], level: dict[str, dict[str, Any]]
     `bench thresholds` scales a tier's per-request latencies by it where it prices the tier at this level. The
     ratio is None where no sample was timed in both."""
     by_id = {str(r.get("sample_id")): r for r in main if not r.get("error")}
-    pairs = [(_seconds(by_id[sid]), _seconds(r)) for sid, r in level.items() if sid in by_id and not r.get("error")]
-    kept = [(a, b) for a, b in pairs if a is not None and b is not None]
+    pairs = [(real(by_id[sid].get("latency_s")), real(r.get("latency_s")))
+             for sid, r in level.items() if sid in by_id and not r.get("error")]
+    kept = [(a, b) for a, b in pairs if a is not None and b is not None and a >= 0 and b >= 0]
     total = sum(a for a, _ in kept)
     return {"latency_vs_main": sum(b for _, b in kept) / total if kept and total > 0 else None,
             "latency_vs_main_n": len(kept)}
-
-
-def _seconds(row: dict[str, Any]) -> float | None:
-    v = row.get("latency_s")
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 \
-        else None
 
 
 def idle_latency(cell: dict[str, Any], level1: list[dict[str, Any]]) -> None:

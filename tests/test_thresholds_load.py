@@ -114,7 +114,7 @@ def _trial(rng: np.random.Generator, true_p95: float, n_main: int = 120, n_level
                "latency_p95_upper_s": latency_p95_upper(list(again)), "cost_per_1k_usd": 0.04}
     figures |= latency_vs_main(list(rows.values()), level)
     tier = Tier(cell_id="t", cell={}, rows=rows, backend=None, locality="local", usd_per_hour=1.0, chat=True,
-                model_ref=None, run_id="sim", concurrency=8, main_concurrency=8, levels=[figures],
+                model_ref=None, run_id="sim", main_concurrency=8, levels=[figures],
                 points=[Point(level=1, cost_factor=0.04 / 0.01, latency_factor=figures["latency_vs_main"])])
     task = TaskData(name="sim", kind="classify", metric="accuracy", target=0.5, target_source="suite",
                     tolerance=0.0, sensitive=False, latency_budget_s=BUDGET, latency_source="--max-p95-latency",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from bench import SCHEMA_VERSION
 from bench.errors import UserInputError
+from bench.fmt import real
 
 # One line of samples.jsonl. Raw timing fields are kept; the derived ones are recomputable from them.
 SAMPLE_FIELDS = (
@@ -40,9 +40,8 @@ def cell_id(cell: dict[str, Any]) -> str:
 def row_concurrency(value: Any) -> int:
     """A row's `concurrency` (requests in flight when it was answered) as a whole number; a row without one, or
     with anything but a finite number >= 1 there, was answered one at a time as far as analysis is concerned."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 1:
-        return int(value)
-    return 1
+    n = real(value)
+    return int(n) if n is not None and n >= 1 else 1
 
 
 def cell_label(cell: dict[str, Any]) -> str:

@@ -11,11 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from bench.fmt import real
 from bench.results.columns import Window, column
 from bench.stats import mean_ci, percentile, samples_to_decide
 from bench.thresholds.gather import Point, TaskData, Tier
 
 ON_PREMISES = ("local", "on-prem")
+CONTENDED_SHARE = 0.1  # past this share of contended measurements, the seconds they give are suspect
 
 
 @dataclass
@@ -103,7 +105,8 @@ class Calibrated:
 
 
 def _num(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else math.nan
+    n = real(v)
+    return math.nan if n is None else n
 
 
 _NUMERIC = {float, int, type(None)}  # what np.array(..., dtype=float) converts as float() does (None: NaN)
@@ -183,11 +186,12 @@ def _tier_means(t: Tier, columns: tuple[np.ndarray, np.ndarray, np.ndarray] | No
 
 
 def _at_point(c: _Columns, t: Tier) -> _Columns:
-    """A tier's main-pass columns priced and timed at its operating point (Tier.cost_factor, latency_factor)."""
-    if t.cost_factor == 1.0 and t.latency_factor == 1.0:
+    """A tier's main-pass columns priced and timed at its operating point (Tier.priced_at)."""
+    cost, latency = t.priced_at.cost_factor, t.priced_at.latency_factor
+    if cost == 1.0 and latency == 1.0:
         return c
-    return replace(c, cost_usd=c.cost_usd * t.cost_factor, latency=c.latency * t.latency_factor,
-                   mean_cost=c.mean_cost * t.cost_factor, mean_latency=c.mean_latency * t.latency_factor)
+    return replace(c, cost_usd=c.cost_usd * cost, latency=c.latency * latency, mean_cost=c.mean_cost * cost,
+                   mean_latency=c.mean_latency * latency)
 
 
 def _within_budget(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray) -> Tier:
@@ -205,11 +209,11 @@ def _within_budget(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray) -> Tie
         return t
     answered = c.latency[cal][~c.error[cal]]
     p95 = percentile(answered[~np.isnan(answered)], 95)
-    if p95 is None or p95 * t.latency_factor <= budget:
+    if p95 is None or p95 * t.priced_at.latency_factor <= budget:
         return t
     passed, stop = within_budget(t.levels, budget)
     shown = {lv.get("level") for lv in passed}
-    main = Point(level=t.main_concurrency, cost_factor=1.0, latency_factor=1.0)
+    main = Point(level=t.main_concurrency)
     fits = [pt for pt in [main, *t.points] if p95 * pt.latency_factor <= budget
             and (pt is main or pt.level in shown)]
     if not fits:
@@ -223,15 +227,14 @@ def _within_budget(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray) -> Tie
                f"the {budget:g} s budget (from {task.latency_source}), where the summary's operating point's is not")
     else:
         why = (f"concurrency {best.level}: the main pass's per-request latencies "
-               f"({t.main_concurrency} in flight) give a calibration p95 of {p95 * t.latency_factor:.3g} s, over the "
+               f"({t.main_concurrency} in flight) give a calibration p95 of {p95 * t.priced_at.latency_factor:.3g} s, over the "
                f"{budget:g} s budget (from {task.latency_source}); at {best.level} in flight the level's p95 is within "
                f"it at {LATENCY_CONFIDENCE:.0%} confidence and the calibration p95 is {p95 * best.latency_factor:.3g} s "
                f"(latencies x{best.latency_factor:.3g}, the level's over the main pass's on the same samples; cost "
                f"x{best.cost_factor:.3g}, its cost per 1k over the main pass's)"
                + ("; that timing pass ran while other processes took CPU (contended): its figures are suspect"
                   if best.contended else ""))
-    return replace(t, cost_factor=best.cost_factor, latency_factor=best.latency_factor, concurrency=best.level,
-                   cost_basis=why, point_contended=best.contended)
+    return replace(t, point=best, cost_basis=why)
 
 
 def _split(cols: list[_Columns], idx: np.ndarray, ids: list[str], basis: str) -> Split:
@@ -268,7 +271,7 @@ def _stats(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray, hold: np.ndarr
         cost_per_1k_usd=sum(costs_l) / len(costs_l) * 1000 if costs_l else None,
         latency_mean_s=sum(lats_l) / len(lats_l) if lats_l else None, latency_p95_s=percentile(lats_l, 95),
         meets_target=decided, samples_needed=needed,
-        contended=True if t.point_contended else _contended([c.contention[i] for i in ok.tolist()]),
+        contended=True if t.priced_at.contended else _contended([c.contention[i] for i in ok.tolist()]),
         confidence_available=bool(c.has_conf[ok].any()),
         errors=int(c.error[cal].sum()))
 
@@ -276,7 +279,7 @@ def _stats(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray, hold: np.ndarr
 def _contended(contention: list[Any]) -> bool | None:
     """Whether other processes took CPU in more than a tenth of the answered samples' windows (None: unmeasured)."""
     windows = [w for w in contention if isinstance(w, (dict, Window))]
-    return sum(map(bool, column(windows, "contended"))) / len(windows) > 0.1 if windows else None
+    return sum(map(bool, column(windows, "contended"))) / len(windows) > CONTENDED_SHARE if windows else None
 
 
 def _exclusions(task: TaskData, s: TierStats) -> list[str]:

@@ -4,14 +4,16 @@ a router needs to run it."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, UserInputError, did_you_mean
+from bench.fmt import real
 from bench.registry import BACKENDS, backend_traits
 from bench.results.columns import column
 from bench.results.load import SuiteRuns, load_runs
+from bench.results.schema import row_concurrency
 
 
 @dataclass
@@ -27,25 +29,33 @@ class Tier:
     chat: bool
     model_ref: dict[str, Any] | None         # the suite's model entry when it has its own source
     run_id: str
-    cost_factor: float = 1.0                 # operating point's cost over the main pass's (bench/sweep.py)
-    cost_basis: str | None = None            # which of the two each request is priced at, in words
-    latency_factor: float = 1.0              # operating point's per-request latency over the main pass's
-    concurrency: int | None = None           # requests in flight at the operating point (None: not recorded)
+    cost_basis: str | None = None            # the operating point each request is priced at, in words
     main_concurrency: int = 1                # requests in flight in the main pass (its rows' latencies)
+    point: Point | None = None               # the operating point (None: the main pass as its rows have it)
     points: list[Point] = field(default_factory=list)       # other concurrencies it was timed at (load.jsonl)
     levels: list[dict[str, Any]] = field(default_factory=list)  # the summary's load_levels, for the budget test
     budget_note: str | None = None           # why no other timed concurrency met the latency budget either
-    point_contended: bool = False            # the timing pass it is priced at ran beside other processes' work
+
+    @property
+    def priced_at(self) -> Point:
+        """The operating point, the main pass's where no other is set."""
+        return self.point or Point(level=self.main_concurrency)
+
+    @property
+    def concurrency(self) -> int:
+        """Requests in flight at the operating point."""
+        return self.priced_at.level
 
 
 @dataclass(frozen=True)
 class Point:
-    """A concurrency a cell was timed at besides its main pass (a bench/sweep.py level): its cost and per-request
-    latency as factors on the main pass's, so the main pass's rows can be priced and timed at it."""
+    """A concurrency a cell's requests are priced and timed at: its main pass (factors 1), or a bench/sweep.py level
+    with its cost and per-request latency as factors on the main pass's, so the main pass's rows can be priced and
+    timed at it."""
 
     level: int
-    cost_factor: float                       # the level's cost per 1k over the main pass's
-    latency_factor: float                    # the level's latency over the main pass's, on the same samples
+    cost_factor: float = 1.0                 # the level's cost per 1k over the main pass's
+    latency_factor: float = 1.0              # the level's latency over the main pass's, on the same samples
     contended: bool = False                  # other processes took CPU during the level's timing pass
 
 
@@ -262,8 +272,7 @@ def _operating_point(run: Any, cell_id: str, summaries: dict[int, Any] | None = 
     if cell is None:
         return {}
     load = cell.get("load")
-    in_flight = _positive(load.get("concurrency")) if isinstance(load, dict) else None
-    main = int(in_flight) if in_flight is not None and in_flight.is_integer() else 1
+    main = row_concurrency(load.get("concurrency") if isinstance(load, dict) else None)
     seq = _positive(cell.get("cost_per_1k_usd_sequential"))
     raw = cell.get("load_levels")
     levels: list[dict[str, Any]] = []  # as the budget test reads them, each value checked
@@ -279,19 +288,19 @@ def _operating_point(run: Any, cell_id: str, summaries: dict[int, Any] | None = 
         if int(level) != main and seq is not None and cost is not None and ratio is not None:
             points.append(Point(level=int(level), cost_factor=cost / seq, latency_factor=ratio,
                                 contended=lv.get("contended") is True))
-    out: dict[str, Any] = {"cost_basis": cell.get("cost_basis"), "concurrency": main, "points": points,
-                           "levels": levels, "main_concurrency": main}
+    out: dict[str, Any] = {"cost_basis": cell.get("cost_basis"), "points": points, "levels": levels,
+                           "main_concurrency": main}
     point = cell.get("operating_point")
     if not isinstance(point, dict):
         return out
     cost = _positive(point.get("cost_per_1k_usd"))
     if cost is None or seq is None:
         return out
-    at = next((p for p in points if p.level == point.get("level")), None)
-    return out | {"cost_factor": cost / seq, "latency_factor": at.latency_factor if at else 1.0,
-                  "concurrency": at.level if at else main, "point_contended": bool(at and at.contended)}
+    at = next((p for p in points if p.level == point.get("level")), Point(level=main))
+    return out | {"point": replace(at, cost_factor=cost / seq)}
 
 
 def _positive(v: Any) -> float | None:
     """v as a float where it is a finite number above 0 (not a bool), else None."""
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else None
+    n = real(v)
+    return n if n is not None and n > 0 else None

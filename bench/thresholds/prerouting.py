@@ -16,9 +16,7 @@ import numpy as np
 from bench.errors import BenchError
 from bench.routers.families import Fit, calibration_error, cross_fit
 from bench.routers.features import EMBED_CTX, request_text
-from bench.thresholds.calibrate import ON_PREMISES, Calibrated
-
-CONTENDED_SHARE = 0.1  # above this share of contended embeddings their seconds are suspect (as a tier's rows)
+from bench.thresholds.calibrate import CONTENDED_SHARE, ON_PREMISES, Calibrated
 
 
 @dataclass
