@@ -237,8 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--log", help="append one JSON line per request to this file (production telemetry)")
     sv.add_argument("--timeout", type=float, default=120.0, help="seconds a request may wait for its answer")
     sv.add_argument("--tier-timeout", type=float, help="seconds one tier call may take before the request escalates")
-    sv.add_argument("--concurrency", type=int, help="calls at once to each HTTP upstream tier (default: the "
-                    "backend's own `concurrency`); in-process tiers take one at a time")
+    sv.add_argument("--concurrency", type=int, help="calls at once to each tier (default: the concurrency "
+                    "routing.json priced the tier at, else an HTTP backend's own `concurrency`); an in-process "
+                    "llama.cpp tier decodes that many calls in one batch, other in-process engines one at a time")
     sv.add_argument("--trust-failed-holdout", action="store_true",
                     help="follow a policy even where its holdout contradicted it (default: its fallback tier)")
     sv.set_defaults(func=_delegate("bench.serve.app"))

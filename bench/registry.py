@@ -74,6 +74,8 @@ class BackendTraits:
     measures_memory: bool = True  # the process memory a cell reports is the model's (an HTTP client's is not)
     locality_from: str = "machine"  # a cell's locality: "machine" (the hardware it runs on, local or on-prem)
                                     # or "config" (the backend config's `locality`: local, on-prem or cloud)
+    batches: bool = False    # in-process and decodes up to `parallel` requests at once, taking them from several
+                             # threads through `submit(request) -> Future` (a service runs it at its concurrency)
 
     def needs_gpu(self, config: dict[str, Any]) -> bool:
         """Whether a cell with this backend config needs a GPU (a cluster asks the node for one)."""
@@ -86,7 +88,8 @@ METRICS: Registry[Any] = Registry("metric")
 ROUTER_FAMILIES: Registry[Any] = Registry("router family")  # pre-generation routers (bench.routers.families)
 
 BACKENDS.register("llamacpp", "bench.backends.llamacpp:LlamaCppBackend",
-                  BackendTraits(True, True, True, "llama.cpp in this process (GGUF, CPU or GPU)", gpu="offload"))
+                  BackendTraits(True, True, True, "llama.cpp in this process (GGUF, CPU or GPU)", gpu="offload",
+                                batches=True))
 BACKENDS.register("fake", "bench.backends.fake:FakeBackend",
                   BackendTraits(True, False, False, "deterministic stand-in for tests; no model file"))
 BACKENDS.register("openai", "bench.backends.openai_http:OpenAIBackend",

@@ -36,6 +36,9 @@ class Router:
         self._warned: set[str] = set()
         self._load_lock = threading.Lock()
         self._pre: dict[str, Any] = {}
+        # cell -> requests a batching in-process tier decodes at once (bench serve sets it, before the tier loads;
+        # calls to such a tier from several threads then go through its `submit` and share its batch)
+        self.parallel: dict[str, int] = {}
 
     # ------------------------------------------------------------------ loading and lookups
     @classmethod
@@ -175,6 +178,10 @@ class Router:
                 ref = ref.model_copy(update={"chat": rt["chat"]})
             model = resolve_model(ref, rt.get("quantization"), quiet=True)
         backend = create_backend(cfg, model)
+        if traits.batches:
+            from bench.worker import _set_parallel
+
+            _set_parallel(backend, self.parallel.get(cell, 1))
         backend.load()
         hourly = rt.get("usd_per_hour")
         price = SimpleNamespace(cost_per_hour_usd=hourly)
@@ -250,7 +257,10 @@ class Router:
         tier = self._tier(task, cell)
         backend, cost_model = self._backend(tier)
         request = build_requests(job.shaped, [job.item], bool((tier.runtime or {}).get("chat", True)))[0]
-        gen = backend.generate([request])[0].to_dict()
+        if self.parallel.get(cell, 1) > 1 and callable(getattr(backend, "submit", None)):
+            gen = backend.submit(request).result().to_dict()  # decoded beside the tier's other calls in flight
+        else:
+            gen = backend.generate([request])[0].to_dict()
         error = gen.get("error")
         scored = None if error else job.kind.score(gen.get("text") or "", job.scoring_ref, job.item.fields,
                                                    job.options)

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from bench.errors import UserInputError, did_you_mean
 
@@ -70,6 +70,8 @@ class Tier(_Open):
     excluded_because: list[str] | None
     cell_detail: dict[str, Any] | None = None
     runtime: dict[str, Any] | None = None  # the backend config and model a router loads this tier with
+    concurrency: int | None = Field(None, gt=0)       # requests in flight it was priced and timed at
+    main_concurrency: int | None = Field(None, gt=0)  # requests in flight in its run's main pass
 
 
 class Expected(_Open):

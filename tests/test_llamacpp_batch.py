@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.backends.base import Generation, Request
-from bench.backends.llamacpp_batch import BatchScheduler, Item
+from bench.backends.llamacpp_batch import BatchScheduler, Calls, Item
 from bench.cli import main
 from bench.config import load_suite
 from bench.errors import UserInputError
@@ -282,6 +285,126 @@ def test_a_failed_step_errors_its_sequences_and_the_pass_goes_on() -> None:
         if not by_id[req.id].error:
             assert (by_id[req.id].text, by_id[req.id].completion_tokens) == reference(req)[:2]
     assert [list(c) for c in engine.cells] == sched.cached  # the failed sequences' cells were dropped
+
+
+# ---------------------------------------------------------------- calls from several threads (bench serve)
+
+
+class GatedEngine(FakeEngine):
+    """A FakeEngine whose decode calls wait for `go` (so calls pile up while a pass is under way), and that can
+    raise a BaseException once (a pass that fails as a whole)."""
+
+    def __init__(self, n_seq: int, abort_once: bool = False):
+        super().__init__(n_seq)
+        self.go = threading.Event()
+        self.abort_once = abort_once
+
+    def decode(self, items: Sequence[Item]) -> None:
+        assert self.go.wait(10), "the test never let the engine go"
+        if self.abort_once:
+            self.abort_once = False
+            raise Abort
+        super().decode(items)
+
+
+class Abort(BaseException):
+    pass
+
+
+def _submit_all(calls: Calls, reqs: list[Request]) -> list[Future]:
+    """Each request submitted from a thread of its own; the futures, in request order."""
+    futures: list[Future | None] = [None] * len(reqs)
+
+    def one(i: int) -> None:
+        futures[i] = calls.submit(reqs[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(reqs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert all(f is not None for f in futures)
+    return futures  # type: ignore[return-value]
+
+
+def test_calls_from_many_threads_share_one_batch_and_get_their_own_answers() -> None:
+    reqs = requests(10)
+    engine = GatedEngine(3)
+    sched = scheduler(engine)
+    calls = Calls(sched)
+    futures = _submit_all(calls, reqs)  # the first pass is held at its first decode until all are queued
+    engine.go.set()
+    gens = [f.result(10) for f in futures]
+    for req, g in zip(reqs, gens):
+        assert g.request_id == req.id and g.error is None
+        assert (g.text, g.completion_tokens, g.finish_reason) == reference(req)
+    assert max(sched.step_sizes) == 3  # the calls decoded side by side, not one after another
+    calls.close()
+    assert not calls._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        calls.submit(reqs[0])
+
+
+def test_a_call_arriving_mid_pass_takes_the_next_free_slot() -> None:
+    long = next(r for r in (Request(id="long", messages=[], prompt=f"You extract fields. long {k}", max_tokens=40)
+                            for k in range(500)) if reference(r)[1] >= 12)  # a toy answer of 12 tokens or more
+    engine = GatedEngine(2)
+    engine.go.set()
+    held, late_in = threading.Event(), threading.Event()
+    decode = engine.decode
+
+    def hold(items: Sequence[Item]) -> None:
+        if len(engine.step_order) == 0 and len(items) == 1 and items[0][2] == len(tokens_of(long)) + 3:
+            held.set()  # the long call's fourth token: wait until the late call is queued
+            assert late_in.wait(10)
+        decode(items)
+
+    engine.decode = hold  # type: ignore[method-assign]
+    sched = scheduler(engine)
+    calls = Calls(sched)
+    first = calls.submit(long)
+    assert held.wait(10)
+    late_req = next(r for r in (Request(id="late", messages=[], prompt=f"You extract fields. late {k}", max_tokens=5)
+                                for k in range(500)) if reference(r)[1] >= 3)
+    late = calls.submit(late_req)
+    late_in.set()
+    assert (first.result(10).text, first.result().completion_tokens) == reference(long)[:2]
+    assert (late.result(10).text, late.result().completion_tokens) == reference(late_req)[:2]
+    assert 2 in sched.step_sizes  # the late call decoded beside the long one, in the same pass
+    calls.close()
+
+
+def test_close_lets_the_calls_in_flight_finish_and_fails_the_waiting_ones() -> None:
+    reqs = requests(5)
+    engine = GatedEngine(1)
+    calls = Calls(scheduler(engine))
+    futures = _submit_all(calls, reqs)
+    closer = threading.Thread(target=calls.close)
+    closer.start()
+    while not calls._closed:
+        time.sleep(0.001)
+    engine.go.set()
+    closer.join(10)
+    assert not closer.is_alive() and not calls._thread.is_alive()  # the engine is free to be released
+    done = [f for f in futures if f.exception(10) is None]
+    failed = [f for f in futures if f.exception() is not None]
+    assert len(done) == 1 and done[0].result().error is None  # the one decoding when close was called
+    assert len(failed) == 4 and all("closed before this request ran" in str(f.exception()) for f in failed)
+
+
+def test_a_pass_that_fails_as_a_whole_fails_its_calls_and_the_next_one_runs() -> None:
+    reqs = requests(4)
+    engine = GatedEngine(2, abort_once=True)
+    sched = scheduler(engine)
+    calls = Calls(sched)
+    futures = _submit_all(calls, reqs)
+    engine.go.set()
+    outcomes = [f.exception(10) for f in futures]
+    assert any(isinstance(e, Abort) for e in outcomes)  # the pass it broke
+    assert sched.cached == [[], []] or all(e is None for e in outcomes[2:])
+    again = calls.submit(reqs[0]).result(10)  # the service goes on
+    assert again.error is None and (again.text, again.completion_tokens, again.finish_reason) == reference(reqs[0])
+    calls.close()
 
 
 # ---------------------------------------------------------------- settings

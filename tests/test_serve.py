@@ -294,6 +294,40 @@ def test_in_process_tiers_take_one_call_at_a_time(routing: Path) -> None:
     assert peak[cells[0]] == 1 and peak[cells[1]] <= 1
 
 
+@pytest.mark.parametrize(("kind", "priced", "flag", "limit"), [
+    ("llamacpp", 4, None, 4),      # a batching engine is served at the concurrency it was priced at
+    ("llamacpp", 4, 2, 2),         # --concurrency overrides it
+    ("llamacpp", None, None, 1),   # a routing file without the field: one at a time, as before
+    ("llamacpp", 500, None, 64),   # no more sequences than a llama.cpp context is given
+    ("fake", 8, None, 1),          # an in-process engine that cannot batch takes one call at a time
+    ("openai", 1, None, 1),        # an upstream priced at 1 in flight (a latency budget) is not sent 4
+    ("openai", None, None, 4),     # no field: the backend's own concurrency
+])
+def test_each_tier_is_served_at_the_concurrency_it_was_priced_at(routing: Path, kind: str, priced: int | None,
+                                                                  flag: int | None, limit: int) -> None:
+    from bench.router import Router
+    from bench.serve.cascade import Gates
+
+    doc = json.loads(routing.read_text())
+    tier = doc["tasks"]["route-fake"]["tiers"][0]
+    backend = {"llamacpp": {"kind": "llamacpp", "n_ctx": 512}, "fake": tier["runtime"]["backend"],
+               "openai": {"kind": "openai", "name": "up", "base_url": "http://127.0.0.1:9/v1", "model": "m",
+                          "concurrency": 4}}[kind]
+    tier["runtime"]["backend"] = backend
+    if priced is None:
+        tier.pop("concurrency", None)
+    else:
+        tier["concurrency"] = priced
+    router = Router(doc)
+    gates = Gates(router, flag)
+    try:
+        assert gates.limits[tier["cell"]] == limit
+        # a batching engine is loaded with as many sequences as the gate lets calls through; nothing else is
+        assert router.parallel.get(tier["cell"]) == (limit if kind == "llamacpp" else None)
+    finally:
+        gates.close()
+
+
 def test_a_slow_tier_escalates_at_the_tier_timeout_and_a_slow_cascade_is_a_504(routing: Path) -> None:
     from fastapi.testclient import TestClient
 

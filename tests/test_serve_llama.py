@@ -142,3 +142,62 @@ def test_serve_in_front_of_two_llama_servers(routing: Path, tmp_path: Path) -> N
             assert _metric(metrics, "bench_tier_errors_total", tier=cells[0], kind="upstream_error") >= 2
             assert serve.poll() is None  # the service outlived both upstreams
             router.close()
+
+
+def test_an_in_process_tier_is_served_batched_at_the_concurrency_it_was_priced_at(tmp_path: Path) -> None:
+    """`bench run --parallel 4` on the embedded default, `bench thresholds`, then `bench serve`'s app with eight
+    requests at once: the tier is priced at 4 in flight, loaded with 4 sequences, its calls decode side by side, and
+    the answers are the ones the run stored."""
+    import asyncio
+
+    import httpx
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from bench.cli import main
+    from bench.config import load_suite
+    from bench.data import load_samples
+    from bench.models import is_cached
+    from bench.results.store import find_runs
+    from bench.runner import run_suite
+    from bench.serve.app import create_app
+    from tests.conftest import write_suite
+    from tests.test_router import REAL_TIERS, TICKETS, _profile
+
+    if not is_cached("smollm2-135m-instruct"):
+        pytest.skip("the embedded default is not cached: run 'bench models pull smollm2-135m-instruct'")
+    rows = [{"id": f"r{i:02d}", "text": text, "label": label} for i, (text, label) in enumerate(TICKETS)]
+    one_tier = REAL_TIERS.replace("quantizations: [Q4_1, Q8_0]", "quantizations: [Q4_1]")
+    suite = load_suite(write_suite(tmp_path / "suite", one_tier, rows))
+    outcome = run_suite(suite, limit=16, isolation="inline", results_dir=tmp_path / "results", quiet=True,
+                        hardware=_profile(), parallel=4)
+    assert not outcome.errored_cells, outcome.summary
+    out = tmp_path / "routing.json"
+    assert main(["thresholds", str(tmp_path / "results"), "-o", str(out)]) == 0
+    tier = json.loads(out.read_text())["tasks"]["route-real"]["tiers"][0]
+    assert tier["concurrency"] == tier["main_concurrency"] == 4
+    stored = {r["sample_id"]: r["output"] for r in find_runs([tmp_path / "results"])[0].samples()}
+    samples = load_samples(suite, 16)[:8]
+
+    app = create_app(out)
+    cell = tier["cell"]
+    assert app.state.gates.limits[cell] == 4 and app.state.router.parallel[cell] == 4
+
+    async def drive() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve", timeout=120) as c:
+            return await asyncio.gather(*[c.post("/v1/chat/completions", json={
+                "model": "route-real", "bench_fields": {"text": s.fields["text"]}}) for s in samples])
+
+    try:
+        replies = asyncio.run(drive())
+        assert [r.status_code for r in replies] == [200] * len(samples), [r.text for r in replies]
+        backend = app.state.router._backends[cell]
+        assert backend.parallel == 4
+        sizes = backend._scheduler.step_sizes
+        assert max(sizes) > 1, sizes  # the calls decoded side by side in one context
+        answers = [r.json()["choices"][0]["message"]["content"] for r in replies]
+        changed = [s.id for s, a in zip(samples, answers) if a != stored[s.id]]
+        assert len(changed) <= 1, (changed, answers)  # a near-tie may flip with the batch's make-up
+    finally:
+        app.state.gates.close()
+        app.state.router.close()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 
 from bench.backends.base import Generation, LoadInfo, OnResult, Request
-from bench.backends.llamacpp_batch import BatchScheduler, LlamaSeqEngine
+from bench.backends.llamacpp_batch import BatchScheduler, Calls, LlamaSeqEngine
 from bench.config.suite import MAX_PARALLEL
 from bench.errors import ModelError
 
@@ -97,6 +99,8 @@ class LlamaCppBackend:
         self.parallel = 1  # requests decoded at once; set before load (bench.worker)
         self._engine: LlamaSeqEngine | None = None
         self._scheduler: BatchScheduler | None = None
+        self._calls: Calls | None = None  # calls from several threads (submit), created on the first
+        self._calls_lock = threading.Lock()
 
     # ------------------------------------------------------------------ load
     def load(self) -> LoadInfo:
@@ -183,7 +187,21 @@ class LlamaCppBackend:
             raise ModelError("the llamacpp backend generates only after load()")
         return self._scheduler.run(requests, on_result)
 
+    def submit(self, request: Request) -> Future[Generation]:
+        """One request from any thread, decoded beside the others in flight in this context's `parallel`
+        sequences (`bench serve`: bench.backends.llamacpp_batch.Calls). Not to be mixed with a `generate` pass."""
+        if self._scheduler is None:
+            raise ModelError("the llamacpp backend generates only after load()")
+        with self._calls_lock:
+            if self._calls is None:
+                self._calls = Calls(self._scheduler, name=f"bench-batch-{self.model.id}")
+        return self._calls.submit(request)
+
     def close(self) -> None:
+        with self._calls_lock:
+            calls, self._calls = self._calls, None
+        if calls is not None:  # its thread lets go of the engine before the engine is freed
+            calls.close()
         if self._engine is not None:
             self._engine.close()
             self._engine = None

@@ -30,10 +30,12 @@ How a pass runs:
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,6 +77,14 @@ def sample_token(logits: np.ndarray, temperature: float, rng: Any) -> tuple[int,
 def request_rng(req: Request) -> np.random.Generator:
     """The request's own random stream: the same draws whichever slot or batch it runs in."""
     return np.random.default_rng([req.seed, zlib.crc32(req.id.encode())])
+
+
+class Waiting(Protocol):
+    """Requests a pass takes as slots come free: true while one is waiting (a deque, or `Calls`' queue)."""
+
+    def __bool__(self) -> bool: ...
+
+    def popleft(self) -> Request: ...
 
 
 class SeqEngine(Protocol):
@@ -142,28 +152,33 @@ class BatchScheduler:
         self.copies = 0  # prefixes copied in from another slot
 
     # ------------------------------------------------------------------ the pass
-    def run(self, requests: list[Request], on_result: OnResult | None = None) -> list[Generation]:
-        queue = deque(requests)
+    def run(self, requests: list[Request] | Waiting, on_result: OnResult | None = None,
+            finished: Callable[[Request, Generation], None] | None = None) -> list[Generation]:
+        """Decode `requests` (a list, or a `Waiting` queue other threads add to) until none is left or active;
+        `finished(request, generation)` is called as each ends, after `on_result`."""
+        queue: Any = deque(requests) if isinstance(requests, list) else requests
         free = deque(range(self.engine.n_seq))
         active: dict[int, _Seq] = {}
         results: list[Generation] = []
 
-        def done(s: _Seq | Generation, slot: int) -> None:
+        def done(s: _Seq | Generation, slot: int, req: Request) -> None:
             gen = self._finish(s) if isinstance(s, _Seq) else s
             active.pop(slot, None)
             free.append(slot)
             if on_result:
                 on_result(gen)
+            if finished:
+                finished(req, gen)
             results.append(gen)
 
         try:
             while queue or active:
                 while queue and free:
-                    slot = free.popleft()
-                    admitted = self._admit(slot, queue.popleft())
+                    slot, req = free.popleft(), queue.popleft()
+                    admitted = self._admit(slot, req)
                     if isinstance(admitted, Generation) or self._advance(
                             admitted, self.engine.logits(admitted.prefill_index), admitted.gen.t_prefill_end or 0.0):
-                        done(admitted, slot)
+                        done(admitted, slot, req)
                     else:
                         active[slot] = admitted
                 if active:
@@ -174,7 +189,7 @@ class BatchScheduler:
             raise
         return results
 
-    def _step(self, active: dict[int, _Seq], done: Callable[[_Seq | Generation, int], None]) -> None:
+    def _step(self, active: dict[int, _Seq], done: Callable[[_Seq | Generation, int, Request], None]) -> None:
         """One decode step: each active sequence's next token in one batch."""
         seqs = sorted(active.values(), key=lambda s: s.slot)  # consecutive sequence ids: one micro-batch
         items = [(s.slot, s.pending, s.pos, True) for s in seqs]
@@ -185,14 +200,14 @@ class BatchScheduler:
             for s in seqs:
                 s.gen.error = f"{type(exc).__name__}: {exc}"
                 self._drop(s.slot)
-                done(s.gen, s.slot)
+                done(s.gen, s.slot, s.req)
             return
         now = time.perf_counter()  # the engine has returned: what follows is the harness's time
         for i, s in enumerate(seqs):
             self.cached[s.slot].append(s.pending)
             s.pos += 1
             if self._advance(s, self.engine.logits(i), now - s.t0):
-                done(s, s.slot)
+                done(s, s.slot, s.req)
 
     # ------------------------------------------------------------------ one sequence
     def _admit(self, slot: int, req: Request) -> _Seq | Generation:
@@ -290,6 +305,97 @@ class BatchScheduler:
             self.engine.clear(slot, 0)
         except Exception:  # a context already broken: nothing left to clear
             pass
+
+
+class _Queue:
+    """`Calls`' waiting requests as a pass sees them (`Waiting`): each one taken is remembered with its future."""
+
+    def __init__(self, calls: Calls):
+        self.calls = calls
+
+    def __bool__(self) -> bool:
+        return bool(self.calls._waiting) and not self.calls._closed
+
+    def popleft(self) -> Request:
+        with self.calls._cv:
+            req, fut = self.calls._waiting.popleft()
+        self.calls._running.setdefault(id(req), deque()).append(fut)
+        return req
+
+
+class Calls:
+    """One scheduler taking calls from many threads (`bench serve`): `submit` queues a request and returns its
+    future; a thread of the scheduler's own runs passes while requests wait, so a request that arrives while others
+    decode takes the next free slot and decodes beside them (continuous batching across callers). A backend serves
+    either a run (`BatchScheduler.run` in the caller's thread) or calls, not both at once. `close` lets the requests
+    in flight finish, fails the ones still waiting, and returns once the thread is done with the engine."""
+
+    def __init__(self, scheduler: BatchScheduler, name: str = "bench-batch"):
+        self.scheduler = scheduler
+        self.name = name
+        self._cv = threading.Condition()
+        self._waiting: deque[tuple[Request, Future[Generation]]] = deque()
+        self._running: dict[int, deque[Future[Generation]]] = {}  # id(request) -> its futures, while in a pass
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, req: Request) -> Future[Generation]:
+        fut: Future[Generation] = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the backend is closed")
+            self._waiting.append((req, fut))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drive, name=self.name, daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return fut
+
+    def _finished(self, req: Request, gen: Generation) -> None:
+        futures = self._running[id(req)]
+        fut = futures.popleft()
+        if not futures:
+            del self._running[id(req)]
+        _settle(fut, gen)
+
+    def _drive(self) -> None:
+        queue = _Queue(self)
+        while True:
+            with self._cv:
+                while not self._waiting and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    break
+            try:
+                self.scheduler.run(queue, finished=self._finished)
+            except BaseException as exc:  # the pass failed as a whole (the scheduler dropped its slots): its
+                for futures in self._running.values():  # requests fail, and the next pass starts clean
+                    for fut in futures:
+                        _settle(fut, exc)
+                self._running.clear()
+        with self._cv:
+            left, self._waiting = list(self._waiting), deque()
+        for _, fut in left:
+            _settle(fut, RuntimeError("the backend closed before this request ran"))
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+
+def _settle(fut: Future[Generation], outcome: Generation | BaseException) -> None:
+    """A future's result or exception, once (a future already settled is left as it is)."""
+    try:
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+    except InvalidStateError:
+        pass
 
 
 class LlamaSeqEngine:

@@ -78,7 +78,8 @@ def create_app(routing: str | Path, *, log_path: str | Path | None = None, timeo
     """The FastAPI application for one routing.json (validated here: a bad file is an exit-2 error at start).
 
     timeout_s bounds each request end to end; tier_timeout_s each tier call; concurrency overrides the number of
-    calls at once to each HTTP upstream tier (in-process engines take one at a time)."""
+    calls at once to each tier (bench.serve.cascade.tier_limit: by default the concurrency the routing file priced
+    the tier at; an in-process llama.cpp tier decodes that many calls in one batch)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI

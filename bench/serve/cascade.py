@@ -1,7 +1,8 @@
 """The cascade as `bench serve` runs it: bench.router's plan, steps and accept rule, under per-tier limits.
 
-Each tier call goes through a gate: at most `limit` calls at once per tier (1 for an in-process engine, which is not
-reentrant; the backend's `concurrency`, or the service's `--concurrency`, for an HTTP upstream). A call waits for
+Each tier call goes through a gate: at most `limit` calls at once per tier (`tier_limit`: the concurrency the routing
+file priced the tier at, or the service's `--concurrency`; an in-process llama.cpp tier then decodes that many calls
+in one batch, an engine that cannot batch takes one at a time). A call waits for
 its gate and runs within what is left of the request's deadline, and of `tier_timeout_s` where one is set. A tier
 that fails (an upstream error, a timeout, no free slot in time, an exception) is recorded as a failed step and the
 request escalates to the next tier of its plan; the last step decides the answer. A timed-out call keeps its slot
@@ -39,19 +40,37 @@ def sensitive(router: Any, task: str, text: str) -> bool | None:
     return bool(fn(task, text)) if callable(fn) else None
 
 
+def tier_limit(tier: Any, concurrency: int | None = None) -> int:
+    """Calls at once to a tier: `--concurrency` where given, else the concurrency the routing file priced and timed
+    it at (`bench thresholds`: a latency budget may have set 1 where its run decoded 8 at once), else its HTTP
+    backend's `concurrency` (4 by default). An in-process engine that cannot batch takes one call at a time."""
+    backend = (tier.runtime or {}).get("backend") or {}
+    traits = backend_traits(backend["kind"]) if backend else None
+    if traits is None or (traits.in_process and not traits.batches):
+        return 1
+    if traits.in_process:
+        from bench.config.suite import MAX_PARALLEL
+
+        return min(int(concurrency or tier.concurrency or 1), MAX_PARALLEL)
+    return int(concurrency or tier.concurrency or backend.get("concurrency") or 4)
+
+
 class Gates:
-    """Bounded concurrency per tier, and the threads tier calls run on."""
+    """Bounded concurrency per tier (`tier_limit`), and the threads tier calls run on. A batching in-process tier
+    is loaded to decode that many calls at once (`Router.parallel`)."""
 
     def __init__(self, router: Any, concurrency: int | None = None):
         self.limits: dict[str, int] = {}
+        batching: set[str] = set()
         for task in router.tasks():
             for tier in router.doc.task(task).tiers:
-                backend = (tier.runtime or {}).get("backend") or {}
-                if not backend or backend_traits(backend["kind"]).in_process:
-                    limit = 1
-                else:
-                    limit = int(concurrency or backend.get("concurrency") or 4)
+                limit = tier_limit(tier, concurrency)
                 self.limits[tier.cell] = min(self.limits.get(tier.cell, limit), limit)
+                backend = (tier.runtime or {}).get("backend") or {}
+                if backend and backend_traits(backend["kind"]).batches:
+                    batching.add(tier.cell)
+        for cell in batching:
+            router.parallel[cell] = self.limits[cell]
         self._sems: dict[str, asyncio.Semaphore] = {}
         self.pool = ThreadPoolExecutor(max_workers=max(1, sum(self.limits.values())),
                                        thread_name_prefix="bench-tier")
