@@ -30,7 +30,7 @@ def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list
     from pydantic import TypeAdapter
 
     from bench.config.suite import BackendConfig
-    from bench.measure.memory import MemorySampler, rapl_energy_uj
+    from bench.measure.memory import MemorySampler
 
     cfg: BackendConfig = TypeAdapter(BackendConfig).validate_python(backend_cfg)
     sampler = MemorySampler().start()
@@ -55,31 +55,25 @@ def run_cell(send: Send, backend_cfg: dict[str, Any], model: Any, requests: list
             "gpu_mb": info.gpu_mb, "n_threads": info.n_threads, "details": info.details}
     send(("load", load))
     from bench.measure.contention import ContentionMeter
+    from bench.measure.energy import EnergyMeter, reader
+    from bench.registry import backend_traits
 
     meter = ContentionMeter()
     sampler.window()
-    last_energy = [sampler.gpu.energy_mj(), rapl_energy_uj()]
+    energy = EnergyMeter(reader(sampler, backend_traits(cfg.kind), backend_cfg),
+                         int(getattr(backend, "parallel", 1) or 1), len(requests))
+    energy.start()
     batch_energy: list[float | None] = []  # for engines whose results all arrive when the batch ends
-
-    def energy_since_last() -> float | None:
-        gpu_e, cpu_e = sampler.gpu.energy_mj(), rapl_energy_uj()
-        joules = None
-        if gpu_e is not None and last_energy[0] is not None:
-            joules = (gpu_e - last_energy[0]) / 1000.0
-        elif cpu_e is not None and last_energy[1] is not None and cpu_e >= last_energy[1]:
-            joules = (cpu_e - last_energy[1]) / 1e6
-        last_energy[:] = [gpu_e, cpu_e]
-        return joules
 
     def on_result(gen: Generation) -> None:
         gen.rss_peak_mb, gen.gpu_peak_mb = sampler.window()
         gen.extra["contention"] = meter.window()
         share = gen.extra.get("batch_share")
         if share is None:
-            gen.energy_j = energy_since_last()
+            gen.energy_j = energy.request(gen.t_start, gen.t_start + (gen.t_end or 0.0))
         else:  # the batch's energy, measured once, split by each request's share of the batch's time
             if not batch_energy:
-                batch_energy.append(energy_since_last())
+                batch_energy.append(energy.since_last())
             gen.energy_j = None if batch_energy[0] is None else batch_energy[0] * float(share)
             gen.extra["energy_split"] = "the batch's energy by this request's share of the batch time"
         send(("sample", gen.to_dict()))

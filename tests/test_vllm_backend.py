@@ -200,7 +200,7 @@ def test_batch_energy_is_split_by_share_not_given_to_the_first_sample(monkeypatc
     monkeypatch.setattr("bench.measure.memory.rapl_energy_uj", lambda: None)
     monkeypatch.setattr("bench.worker.create_backend", lambda cfg, model: Backend())
     events = []
-    run_cell(events.append, {"kind": "fake"}, None, [])
+    run_cell(events.append, {"kind": "vllm"}, None, [])
     energy = [e[1]["energy_j"] for e in events if e[0] == "sample"]
     assert energy == pytest.approx([45.0, 27.0, 18.0])
 

@@ -10,12 +10,18 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
-import numpy as np
+# llama.cpp's libraries are loaded before numpy's wherever this module is the first to import numpy (a `bench run`
+# cell process): on an H200 machine with a llama-cpp-python CUDA build, every model load segfaulted in a process
+# that had imported numpy first, offloaded or not (2026-12-04); loaded in this order, the same cells ran.
+with contextlib.suppress(ImportError):
+    import llama_cpp  # noqa: F401
 
-from bench.backends.base import Generation, LoadInfo, OnResult, Request
-from bench.backends.llamacpp_batch import BatchScheduler, Calls, LlamaSeqEngine
-from bench.config.suite import MAX_PARALLEL
-from bench.errors import ModelError
+import numpy as np  # noqa: E402
+
+from bench.backends.base import Generation, LoadInfo, OnResult, Request  # noqa: E402
+from bench.backends.llamacpp_batch import BatchScheduler, Calls, LlamaSeqEngine  # noqa: E402
+from bench.config.suite import MAX_PARALLEL  # noqa: E402
+from bench.errors import ModelError  # noqa: E402
 
 
 def physical_cores() -> int:
