@@ -144,6 +144,42 @@ def test_a_tier_well_within_the_budget_at_a_level_is_admitted_there() -> None:
     assert admitted >= 0.8 * 300, admitted
 
 
+def _timed_at_8(source: str, budget: float) -> Tier:
+    """A tier whose main pass ran one at a time (about 1 s a request) and whose level 8 was timed at about 3x the
+    latency for 0.4x the cost; its summary's operating point is the main pass. Priced under `budget` from `source`."""
+    rng = np.random.default_rng(3)
+    idle = rng.lognormal(0.0, 0.3, 120)
+    ids = [f"s{i:04d}" for i in range(120)]
+    rows = {sid: {"sample_id": sid, "split": "calibration", "score": 1.0, "verified": True, "error": None,
+                  "cost_usd": 1e-5, "latency_s": float(lat)} for sid, lat in zip(ids, idle)}
+    busy = idle[:64] * 3.0
+    level = {sid: {"sample_id": sid, "latency_s": float(lat)} for sid, lat in zip(ids, busy)}
+    figures = {"level": 8, "n": 64, "latency_p95_s": percentile(busy, 95),
+               "latency_p95_upper_s": latency_p95_upper(list(busy)), "cost_per_1k_usd": 0.004}
+    figures |= latency_vs_main(list(rows.values()), level)
+    tier = Tier(cell_id="t", cell={}, rows=rows, backend=None, locality="local", usd_per_hour=1.0, chat=True,
+                model_ref=None, run_id="sim", main_concurrency=1, levels=[figures],
+                points=[Point(level=8, cost_factor=0.4, latency_factor=figures["latency_vs_main"])])
+    task = TaskData(name="sim", kind="classify", metric="accuracy", target=0.5, target_source="suite",
+                    tolerance=0.0, sensitive=False, latency_budget_s=budget, latency_source=source,
+                    runtime=None, tiers=[tier], run_ids=["sim"])
+    (s,) = calibrate(task).tiers
+    assert s.eligible
+    return s.tier
+
+
+def test_a_looser_budget_on_the_command_line_moves_a_tier_to_a_cheaper_level() -> None:
+    """The summary priced the tier one at a time (its level 8 missed the suite's budget); `--max-p95-latency 100`
+    is a budget level 8 meets, so thresholds prices it there. The suite's own budget keeps the summary's choice, and a
+    flag the level misses keeps the main pass."""
+    loose = _timed_at_8("--max-p95-latency", 100.0)
+    assert loose.concurrency == 8 and loose.priced_at.cost_factor == 0.4
+    assert loose.cost_basis and loose.cost_basis.startswith("concurrency 8: the cheapest concurrency timed")
+    assert "chosen without this budget" in loose.cost_basis
+    assert _timed_at_8("suite", 100.0).concurrency == 1  # the summary's operating point, as it chose it
+    assert _timed_at_8("--max-p95-latency", 2.5).concurrency == 1  # level 8 (p95 about 5 s) misses it
+
+
 def test_a_hand_edited_level_reads_as_unbounded(tmp_path, batching_fake) -> None:
     """A summary whose level figures are not numbers (edited by hand) is no traceback: the level is not shown within
     the budget, so the tier is judged on its main pass as before."""
