@@ -294,9 +294,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _engine_first(args: argparse.Namespace) -> None:
+    """Load llama.cpp's libraries before anything imports numpy, for commands that may load a llama.cpp model in
+    this process (`bench serve`, `bench fidelity`, `bench run --isolation inline`, `bench models quantize`): see
+    bench.backends.llamacpp. Other commands do not pay for the import."""
+    engine_here = args.command in ("serve", "fidelity") or getattr(args, "isolation", None) == "inline" or (
+        args.command == "models" and getattr(args, "models_cmd", None) == "quantize")
+    if engine_here and "numpy" not in sys.modules:
+        import contextlib
+
+        with contextlib.suppress(ImportError):
+            import llama_cpp  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _engine_first(args)
     try:
         return int(args.func(args) or 0)
     except BenchError as exc:

@@ -534,3 +534,24 @@ def test_greedy_log_probability_matches_the_float64_softmax(vocab: int) -> None:
         assert lp == pytest.approx(float(logp[tok]), rel=1e-6, abs=1e-9)
     tok, lp = sample_token(np.array([0.0, 3.0, 1.0], dtype=np.float32), 1.0, np.random.default_rng(1))
     assert tok in (0, 1, 2) and lp < 0
+
+
+@pytest.mark.parametrize(("argv", "engine_first"), [
+    (["serve", "/nonexistent/routing.json"], True),
+    (["run", "/nonexistent/suite.yaml", "--isolation", "inline"], True),
+    (["run", "/nonexistent/suite.yaml"], False),        # cells load the engine in their own processes
+    (["thresholds", "/nonexistent/results"], False),
+])
+def test_commands_that_load_an_engine_here_load_llama_cpp_before_numpy(argv: list[str], engine_first: bool) -> None:
+    """On a GPU machine, a process that had imported numpy before llama.cpp segfaulted at every model load (see
+    bench.backends.llamacpp): the commands that may load a model in their own process load llama.cpp's libraries
+    first, the others do not pay for it."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    code = ("import sys\nfrom bench.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "import numpy\nmods = list(sys.modules)\n"
+            "print('llama_cpp.llama_cpp' in mods and mods.index('llama_cpp.llama_cpp') < mods.index('numpy'))" % argv)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == str(engine_first), out.stderr[-2000:]
