@@ -141,7 +141,7 @@ class _Columns:
     has_conf: np.ndarray    # bool: a confidence was given at all (not None)
     cost_usd: np.ndarray    # _num(cost_usd)
     latency: np.ndarray     # _num(latency_s)
-    contention: list[Any]   # the raw contention windows
+    contended: np.ndarray   # per row: 1 where its contention window says contended, 0 where not, NaN: no window
     mean_cost: float        # the tier's mean over all its answered rows (shared or not), NaN when none
     mean_latency: float
 
@@ -166,7 +166,7 @@ def _columns(t: Tier, ids: list[str]) -> _Columns:
     mine = (error, cost_f, latency_f) if len(t.rows) == len(ids) and list(t.rows) == ids else None
     return _Columns(value=value, error=error, verified=np.array(list(map(bool, verified)), dtype=bool) & ~error,
                     conf=_floats(raw_conf), has_conf=np.array(list(map(is_not, raw_conf, repeat(None))), dtype=bool),
-                    cost_usd=cost_f, latency=latency_f, contention=contention, **_tier_means(t, mine))
+                    cost_usd=cost_f, latency=latency_f, contended=_windows(contention), **_tier_means(t, mine))
 
 
 def _tier_means(t: Tier, columns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
@@ -278,7 +278,8 @@ def _stats(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray, hold: np.ndarr
     costs = c.cost_usd[ok]
     costs_l = costs[~np.isnan(costs)].tolist()
     lats = c.latency[ok]
-    lats_l = lats[~np.isnan(lats)].tolist()
+    lats = lats[~np.isnan(lats)]
+    lats_l = lats.tolist()
     lo = quality["ci_low"]
     enough = quality["n"] >= task.min_samples
     decided = enough and lo is not None and lo >= task.target
@@ -288,17 +289,26 @@ def _stats(task: TaskData, t: Tier, c: _Columns, cal: np.ndarray, hold: np.ndarr
     return TierStats(
         tier=t, quality=quality, quality_holdout=mean_ci(c.value[hold]),
         cost_per_1k_usd=sum(costs_l) / len(costs_l) * 1000 if costs_l else None,
-        latency_mean_s=sum(lats_l) / len(lats_l) if lats_l else None, latency_p95_s=percentile(lats_l, 95),
+        latency_mean_s=sum(lats_l) / len(lats_l) if lats_l else None, latency_p95_s=percentile(lats, 95),
         meets_target=decided, samples_needed=needed,
-        contended=True if t.priced_at.contended else _contended([c.contention[i] for i in ok.tolist()]),
+        contended=True if t.priced_at.contended else _contended(c.contended[ok]),
         confidence_available=bool(c.has_conf[ok].any()),
         errors=int(c.error[cal].sum()))
 
 
-def _contended(contention: list[Any]) -> bool | None:
+def _windows(contention: list[Any]) -> np.ndarray:
+    """Each row's contention window as 1 (contended), 0 (measured, not contended) or NaN (no window)."""
+    types = set(map(type, contention))
+    if types <= {Window, type(None)}:  # the slim reader's rows: one attribute read per window
+        return np.array([math.nan if w is None else float(bool(w.contended)) for w in contention], dtype=float)
+    return np.array([float(bool(w.get("contended"))) if isinstance(w, (dict, Window)) else math.nan
+                     for w in contention], dtype=float)
+
+
+def _contended(flags: np.ndarray) -> bool | None:
     """Whether other processes took CPU in more than a tenth of the answered samples' windows (None: unmeasured)."""
-    windows = [w for w in contention if isinstance(w, (dict, Window))]
-    return sum(map(bool, column(windows, "contended"))) / len(windows) > CONTENDED_SHARE if windows else None
+    measured = flags[~np.isnan(flags)]
+    return bool(measured.sum() / measured.size > CONTENDED_SHARE) if measured.size else None
 
 
 def _exclusions(task: TaskData, s: TierStats) -> list[str]:
@@ -321,12 +331,15 @@ def _exclusions(task: TaskData, s: TierStats) -> list[str]:
 def calibrate(task: TaskData) -> Calibrated:
     """Tier statistics on the samples every tier ran, ordered cheapest first, with eligibility decided."""
     notes = list(task.notes)
-    common: set[str] = set(task.tiers[0].rows).intersection(*(t.rows for t in task.tiers[1:])) if task.tiers else set()
+    first = task.tiers[0].rows if task.tiers else {}
+    if all(t.rows.keys() == first.keys() for t in task.tiers[1:]):  # every tier ran the same samples (the usual)
+        common: Any = first.keys()
+    else:
+        common = set(first).intersection(*(t.rows for t in task.tiers[1:]))
     ids = sorted(common)
     if any(len(t.rows) > len(common) for t in task.tiers):
         union = set().union(*(t.rows for t in task.tiers))
         notes.append(f"{len(union) - len(ids)} sample(s) did not run on every tier and were left out")
-    first = task.tiers[0].rows if task.tiers else {}
     splits = column([first[sid] for sid in ids], "split")
     is_cal = np.fromiter(map(eq, splits, repeat("calibration")), dtype=bool, count=len(ids))
     is_hold = np.fromiter(map(eq, splits, repeat("holdout")), dtype=bool, count=len(ids))
