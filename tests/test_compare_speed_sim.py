@@ -11,9 +11,8 @@ slower.
 
 The requests: prompt and answer lengths spread as a suite's do; per request, the time per decoded token and the
 prefill time scatter around the machine's speed (10% on a quiet machine, 25% on a busy one, lognormal), and 3% of
-requests stall (a page fault, another process) for an exponential 0.4 s on average. Peak memory is not
-simulated: its ratio is of each cell's largest value, which a steady footprint keeps far inside the factor. Nor is
-a machine slower on the candidate's day: a paired interval takes that for a real difference, as it is one.
+requests stall (a page fault, another process) for an exponential 0.4 s on average. Peak memory's verdict is
+simulated in tests/test_compare_memory_sim.py. Not simulated: a machine slower on the candidate's day: a paired interval takes that for a real difference, as it is one.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ import numpy as np
 from bench.fmt import finite
 from bench.results.columns import column
 from bench.results.schema import row_concurrency
-from bench.stats import paired_bootstrap_diff
 
 DEFAULT_FACTOR = 1.10
 N_BOOT = 2000
@@ -183,6 +182,32 @@ def judge(base: float | None, cand: float | None, *, lower_is_better: bool, inte
     return out
 
 
+def judge_memory(base_peak: float | None, cand_peak: float | None, wb: np.ndarray, wc: np.ndarray, *,
+                 factor: float, comparable: bool) -> dict[str, Any]:
+    """Peak memory, shown as each cell's whole peak and judged on its footprint: the mean of the per-sample window
+    peaks over the samples both cells answered. Worse when the 95% paired-bootstrap interval of the candidate's
+    footprint over the baseline's lies wholly above the factor (better: wholly below 1 / factor), same otherwise.
+
+    A whole peak is the largest window, set by whichever request hit a transient (an allocator spike, a long
+    prompt's buffers): judged on the ratio of two such maxima (with an interval of the mean difference above zero),
+    29-40% of simulated comparisons whose footprint was truly 5% larger were called worse, and a 1.3x footprint was
+    caught less often the more samples there were (the max of more spikes). tests/test_compare_memory_sim.py
+    measures both rules. Under two paired windows the ratio of peaks decides alone, as asv does."""
+    out = judge(base_peak, cand_peak, lower_is_better=True, interval=None, factor=factor, comparable=comparable)
+    keep = np.isfinite(wb) & np.isfinite(wc) & (wb > 0) & (wc > 0)
+    wb, wc = wb[keep], wc[keep]
+    if wb.size < 2 or out["ratio"] is None:
+        return out
+    ci = paired_interval(wb.size, lambda i: wc[i].mean(axis=1) / wb[i].mean(axis=1))
+    if ci is None:
+        return out
+    out |= {"footprint_ratio": float(wc.mean() / wb.mean()), "ci_footprint_ratio": list(ci),
+            "significant": bool(ci[0] > 1.0 or ci[1] < 1.0)}
+    if comparable:
+        out["verdict"] = "worse" if ci[0] > factor else "better" if ci[1] < 1.0 / factor else "same"
+    return out
+
+
 _NUMBERS = {float, int, bool}
 
 
@@ -301,11 +326,9 @@ def compare_speed(b_cell: dict[str, Any], c_cell: dict[str, Any], b_rows: list[d
         note = "a remote backend: memory measured here is the client's, shown, not judged"
     metrics = {"latency_p95_s": lat, "decode_tps": dec}
     for key, col in (("peak_rss_mb", "rss_peak_mb"), ("peak_gpu_mb", "gpu_peak_mb")):
-        wb, wc = _pairs(b_rows, c_rows, col)  # per-sample window peaks: the distribution the test uses
-        diff = paired_bootstrap_diff(wb, wc) if wb.size >= 2 else None
-        interval = (diff["ci_low"], diff["ci_high"]) if diff and diff["n"] >= 2 else None
-        metrics[key] = judge(_peak(b_all, col), _peak(c_all, col), lower_is_better=True, factor=factor,
-                             comparable=memory_ok, interval=interval)
+        wb, wc = _pairs(b_rows, c_rows, col)  # per-sample window peaks, on the samples both answered
+        metrics[key] = judge_memory(_peak(b_all, col), _peak(c_all, col), wb, wc, factor=factor,
+                                    comparable=memory_ok)
     names = {"latency_p95_s": ("p95 latency", "s", 3), "decode_tps": ("decode", "tok/s", 1),
              "peak_rss_mb": ("peak RSS", "MB", 0), "peak_gpu_mb": ("peak GPU memory", "MB", 0)}
     worse = [k for k, m in metrics.items() if m["verdict"] == "worse"]
@@ -313,7 +336,9 @@ def compare_speed(b_cell: dict[str, Any], c_cell: dict[str, Any], b_rows: list[d
     for k in worse:
         label, unit, digits = names[k]
         m = metrics[k]
+        footprint = (f"; footprint x{m['footprint_ratio']:.2f} [{m['ci_footprint_ratio'][0]:.2f}, "
+                     f"{m['ci_footprint_ratio'][1]:.2f}]" if m.get("ci_footprint_ratio") else "")
         details.append(f"{label} {m['baseline']:.{digits}f} -> {m['candidate']:.{digits}f} {unit} "
-                       f"(x{m['ratio']:.2f})")
+                       f"(x{m['ratio']:.2f}{footprint})")
     return {"comparable": comparable, "note": note, "factor": factor, **metrics, "worse": worse,
             "worse_details": details}
