@@ -296,9 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _engine_first(args: argparse.Namespace) -> None:
     """Load llama.cpp's libraries before anything imports numpy, for commands that may load a llama.cpp model in
-    this process (`bench serve`, `bench fidelity`, `bench run --isolation inline`, `bench models quantize`): see
-    bench.backends.llamacpp. Other commands do not pay for the import."""
-    engine_here = args.command in ("serve", "fidelity") or getattr(args, "isolation", None) == "inline" or (
+    this process (`bench serve`, `bench fidelity`, `bench thresholds` with the embedding pre-router, `bench run
+    --isolation inline`, `bench models quantize`): see bench.backends.llamacpp. Other commands do not pay for the
+    import (about 0.1 s)."""
+    engine_here = args.command in ("serve", "fidelity", "thresholds") or getattr(args, "isolation", None) == "inline" or (
         args.command == "models" and getattr(args, "models_cmd", None) == "quantize")
     if engine_here and "numpy" not in sys.modules:
         import contextlib

@@ -540,7 +540,8 @@ def test_greedy_log_probability_matches_the_float64_softmax(vocab: int) -> None:
     (["serve", "/nonexistent/routing.json"], True),
     (["run", "/nonexistent/suite.yaml", "--isolation", "inline"], True),
     (["run", "/nonexistent/suite.yaml"], False),        # cells load the engine in their own processes
-    (["thresholds", "/nonexistent/results"], False),
+    (["thresholds", "/nonexistent/results", "-o", "/nonexistent/r.json"], True),  # the embedding pre-router
+    (["compare", "/nonexistent/a", "/nonexistent/b"], False),
 ])
 def test_commands_that_load_an_engine_here_load_llama_cpp_before_numpy(argv: list[str], engine_first: bool) -> None:
     """On a GPU machine, a process that had imported numpy before llama.cpp segfaulted at every model load (see
