@@ -181,6 +181,7 @@ def test_an_in_process_tier_is_served_batched_at_the_concurrency_it_was_priced_a
     app = create_app(out)
     cell = tier["cell"]
     assert app.state.gates.limits[cell] == 4 and app.state.router.parallel[cell] == 4
+    assert _metric(app.state.metrics.render().decode(), "bench_tier_concurrency", tier=cell) == 4
 
     async def drive() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)

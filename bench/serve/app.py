@@ -93,6 +93,8 @@ def create_app(routing: str | Path, *, log_path: str | Path | None = None, timeo
     router = Router.load(routing, trust_failed_holdout=trust_failed_holdout)
     metrics = Metrics()
     gates = Gates(router, concurrency)
+    for cell, limit in gates.limits.items():
+        metrics.concurrency.labels(cell).set(limit)
     request_log = RequestLog(log_path)
 
     @asynccontextmanager

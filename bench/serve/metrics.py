@@ -14,7 +14,9 @@ Names and labels (counters carry prometheus_client's `_total` suffix in the expo
 - `bench_tier_errors_total{task, tier, kind}`: failed tier calls (`upstream_error`, `timeout`, `busy`, `exception`);
 - `bench_request_latency_seconds{task}`: end-to-end latency histogram;
 - `bench_tier_latency_seconds{tier}`: latency of each tier call, escalated ones included;
-- `bench_tier_in_flight{tier}`: tier calls running now (bounded by the tier's concurrency).
+- `bench_tier_in_flight{tier}`: tier calls running now (bounded by the tier's concurrency);
+- `bench_tier_concurrency{tier}`: the calls a tier takes at once (bench.serve.cascade.tier_limit), set at start:
+  in-flight at this level means the tier is saturated and calls queue.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Metrics:
         self.tier_latency = Histogram("bench_tier_latency_seconds", "latency of each tier call", ["tier"],
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("bench_tier_in_flight", "tier calls running now", ["tier"], registry=r)
+        self.concurrency = Gauge("bench_tier_concurrency", "calls a tier takes at once", ["tier"], registry=r)
 
     def observe(self, task: str, steps: list[dict[str, Any]]) -> None:
         """Count one routed request's tier calls: tokens, latency, failures and escalations."""
