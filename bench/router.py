@@ -6,6 +6,8 @@ import json
 import math
 import threading
 import warnings
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -258,7 +260,7 @@ class Router:
         backend, cost_model = self._backend(tier)
         request = build_requests(job.shaped, [job.item], bool((tier.runtime or {}).get("chat", True)))[0]
         if self.parallel.get(cell, 1) > 1 and callable(getattr(backend, "submit", None)):
-            gen = backend.submit(request).result().to_dict()  # decoded beside the tier's other calls in flight
+            gen = _await(backend, backend.submit(request), getattr(job, "cancel", None)).to_dict()
         else:
             gen = backend.generate([request])[0].to_dict()
         error = gen.get("error")
@@ -326,6 +328,25 @@ class Router:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _await(backend: Any, fut: Any, cancel: threading.Event | None) -> Any:
+    """A submitted call's generation, decoded beside the tier's other calls in flight. Where `cancel` is set (bench
+    serve gave up on the call: its tier timeout) the backend is told, so the call stops taking a batch slot; its
+    generation then comes back at once, with an error saying so."""
+    while cancel is not None and not cancel.is_set():
+        try:
+            return fut.result(timeout=0.05)
+        except FuturesTimeout:
+            continue
+    if cancel is not None:
+        backend.cancel(fut)
+    try:
+        return fut.result()
+    except CancelledError:  # taken out of the queue before it started
+        from bench.backends.base import Generation
+
+        return Generation(request_id="cancelled", error="cancelled: the caller stopped waiting")
 
 
 class _PromptOnly:

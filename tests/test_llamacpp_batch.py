@@ -374,6 +374,83 @@ def test_a_call_arriving_mid_pass_takes_the_next_free_slot() -> None:
     calls.close()
 
 
+def test_a_call_given_up_leaves_its_batch_and_a_queued_one_leaves_the_queue() -> None:
+    """bench serve gives up a call at its tier timeout: a call decoding ends before the next step (its slot goes to
+    the next request), a queued one never starts, and the calls after them decode as before."""
+    long = next(r for r in (Request(id="long", messages=[], prompt=f"You extract fields. long {k}", max_tokens=40)
+                            for k in range(500)) if reference(r)[1] >= 12)
+    engine = GatedEngine(1)
+    engine.go.set()
+    held, release = threading.Event(), threading.Event()
+    decode = engine.decode
+
+    def hold(items: Sequence[Item]) -> None:
+        if len(items) == 1 and items[0][0] == 0 and items[0][2] == len(tokens_of(long)) + 3:
+            held.set()  # the long call's fourth token
+            assert release.wait(10)
+        decode(items)
+
+    engine.decode = hold  # type: ignore[method-assign]
+    sched = scheduler(engine)
+    calls = Calls(sched)
+    first = calls.submit(long)
+    assert held.wait(10)
+    queued = calls.submit(Request(id="queued", messages=[], prompt="You extract fields. queued", max_tokens=5))
+    calls.cancel(queued)  # waiting behind the long one in the only slot: taken out
+    calls.cancel(first)
+    release.set()
+    gen = first.result(10)
+    assert gen.error and "cancelled" in gen.error and gen.completion_tokens < reference(long)[1]
+    assert queued.cancelled()
+    after = Request(id="after", messages=[], prompt="You extract fields. after", max_tokens=6)
+    assert (calls.submit(after).result(10).text, ) == (reference(after)[0], )
+    calls.cancel(first)  # a call already done: nothing happens
+    calls.close()
+
+
+def test_the_router_tells_a_batching_tier_when_serve_gives_up_a_call() -> None:
+    """bench.router's wait on a submitted call (what `bench serve` runs in a tier's thread): once the cascade sets
+    the call's cancel event (its tier timeout passed), the backend is told and the wait returns at once, with the
+    call's error, while the engine is still held mid-answer."""
+    from bench.router import _await
+
+    long = next(r for r in (Request(id="long", messages=[], prompt=f"You extract fields. long {k}", max_tokens=40)
+                            for k in range(500)) if reference(r)[1] >= 12)
+    engine = GatedEngine(1)
+    engine.go.set()
+    sched = scheduler(engine)
+    calls = Calls(sched)
+
+    class Tier:  # the two methods bench.router uses on a batching backend
+        submit = staticmethod(calls.submit)
+        cancel = staticmethod(calls.cancel)
+
+    cancel = threading.Event()
+    steps = sched.step_sizes
+    timer = threading.Timer(0.05, cancel.set)
+    slow = engine.decode
+
+    def paced(items: Sequence[Item]) -> None:  # 10 ms a step: the answer would take over 100 ms
+        time.sleep(0.01)
+        slow(items)
+
+    engine.decode = paced  # type: ignore[method-assign]
+    timer.start()
+    t0 = time.perf_counter()
+    gen = _await(Tier, calls.submit(long), cancel)
+    assert gen.error and "cancelled" in gen.error
+    assert len(steps) < reference(long)[1] - 1 and time.perf_counter() - t0 < 5
+    queued_cancel = threading.Event()
+    queued_cancel.set()  # given up before it was taken from the queue
+    engine.go.clear()
+    blocker = calls.submit(long)
+    gen = _await(Tier, calls.submit(long), queued_cancel)
+    assert gen.error and "cancelled" in gen.error
+    engine.go.set()
+    blocker.result(10)
+    calls.close()
+
+
 def test_close_lets_the_calls_in_flight_finish_and_fails_the_waiting_ones() -> None:
     reqs = requests(5)
     engine = GatedEngine(1)

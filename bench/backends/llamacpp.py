@@ -203,6 +203,11 @@ class LlamaCppBackend:
                 self._calls = Calls(self._scheduler, name=f"bench-batch-{self.model.id}")
         return self._calls.submit(request)
 
+    def cancel(self, fut: Future[Generation]) -> None:
+        """The caller of `submit` stopped waiting: the request leaves the queue, or ends before the next step."""
+        if self._calls is not None:
+            self._calls.cancel(fut)
+
     def close(self) -> None:
         with self._calls_lock:
             calls, self._calls = self._calls, None

@@ -153,9 +153,11 @@ class BatchScheduler:
 
     # ------------------------------------------------------------------ the pass
     def run(self, requests: list[Request] | Waiting, on_result: OnResult | None = None,
-            finished: Callable[[Request, Generation], None] | None = None) -> list[Generation]:
+            finished: Callable[[Request, Generation], None] | None = None,
+            dropped: Callable[[Request], bool] | None = None) -> list[Generation]:
         """Decode `requests` (a list, or a `Waiting` queue other threads add to) until none is left or active;
-        `finished(request, generation)` is called as each ends, after `on_result`."""
+        `finished(request, generation)` is called as each ends, after `on_result`. A request `dropped` says its
+        caller stopped waiting for ends before the next step, with what it has and an error saying so."""
         queue: Any = deque(requests) if isinstance(requests, list) else requests
         free = deque(range(self.engine.n_seq))
         active: dict[int, _Seq] = {}
@@ -181,6 +183,11 @@ class BatchScheduler:
                         done(admitted, slot, req)
                     else:
                         active[slot] = admitted
+                if dropped is not None:
+                    for slot, s in [(k, v) for k, v in active.items() if dropped(v.req)]:
+                        gen = self._finish(s)  # its cells stay: prompt and tokens so far, a prefix to reuse
+                        gen.error = "cancelled: the caller stopped waiting"
+                        done(gen, slot, s.req)
                 if active:
                     self._step(active, done)
         except BaseException:  # interrupted mid-pass: no slot's cells can be trusted as a cached prefix
@@ -338,6 +345,7 @@ class Calls:
         self._running: dict[int, deque[Future[Generation]]] = {}  # id(request) -> its futures, while in a pass
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._cancelled: set[Future[Generation]] = set()  # the calls whose callers stopped waiting
 
     def submit(self, req: Request) -> Future[Generation]:
         fut: Future[Generation] = Future()
@@ -351,12 +359,31 @@ class Calls:
             self._cv.notify()
         return fut
 
+    def cancel(self, fut: Future[Generation]) -> None:
+        """The caller stopped waiting for `fut`: a request still queued is taken out (its future cancelled), one
+        decoding ends before the next step with an error saying so (its slot goes to the next request)."""
+        with self._cv:
+            if fut.done():
+                return
+            for item in self._waiting:
+                if item[1] is fut:
+                    self._waiting.remove(item)
+                    fut.cancel()
+                    return
+            self._cancelled.add(fut)
+
+    def _dropped(self, req: Request) -> bool:
+        futures = self._running.get(id(req))
+        return futures is not None and bool(futures) and futures[0] in self._cancelled
+
     def _finished(self, req: Request, gen: Generation) -> None:
         futures = self._running[id(req)]
         fut = futures.popleft()
         if not futures:
             del self._running[id(req)]
-        _settle(fut, gen)
+        with self._cv:  # settled under the lock: a cancel that comes after sees it done
+            self._cancelled.discard(fut)
+            _settle(fut, gen)
 
     def _drive(self) -> None:
         queue = _Queue(self)
@@ -367,12 +394,14 @@ class Calls:
                 if self._closed:
                     break
             try:
-                self.scheduler.run(queue, finished=self._finished)
+                self.scheduler.run(queue, finished=self._finished, dropped=self._dropped)
             except BaseException as exc:  # the pass failed as a whole (the scheduler dropped its slots): its
                 for futures in self._running.values():  # requests fail, and the next pass starts clean
                     for fut in futures:
                         _settle(fut, exc)
                 self._running.clear()
+                with self._cv:
+                    self._cancelled.clear()
         with self._cv:
             left, self._waiting = list(self._waiting), deque()
         for _, fut in left:
