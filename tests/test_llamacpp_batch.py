@@ -345,18 +345,25 @@ def test_calls_from_many_threads_share_one_batch_and_get_their_own_answers() -> 
         calls.submit(reqs[0])
 
 
-def test_a_call_arriving_mid_pass_takes_the_next_free_slot() -> None:
-    long = next(r for r in (Request(id="long", messages=[], prompt=f"You extract fields. long {k}", max_tokens=40)
-                            for k in range(500)) if reference(r)[1] >= 12)  # a toy answer of 12 tokens or more
-    engine = GatedEngine(2)
+def _long_request() -> Request:
+    """A request whose toy answer runs 12 tokens or more."""
+    return next(r for r in (Request(id="long", messages=[], prompt=f"You extract fields. long {k}", max_tokens=40)
+                            for k in range(500)) if reference(r)[1] >= 12)
+
+
+def _long_call_held(n_seq: int) -> tuple[Request, BatchScheduler, Calls, Future, threading.Event]:
+    """Calls over n_seq slots with a long call submitted and its engine waiting at the call's fourth token (decoded
+    alone): the call's request, the scheduler, the calls, its future, and the event that lets the engine go on."""
+    long = _long_request()
+    engine = GatedEngine(n_seq)
     engine.go.set()
-    held, late_in = threading.Event(), threading.Event()
+    held, release = threading.Event(), threading.Event()
     decode = engine.decode
 
     def hold(items: Sequence[Item]) -> None:
-        if len(engine.step_order) == 0 and len(items) == 1 and items[0][2] == len(tokens_of(long)) + 3:
-            held.set()  # the long call's fourth token: wait until the late call is queued
-            assert late_in.wait(10)
+        if len(items) == 1 and items[0][2] == len(tokens_of(long)) + 3 and not release.is_set():
+            held.set()
+            assert release.wait(10)
         decode(items)
 
     engine.decode = hold  # type: ignore[method-assign]
@@ -364,6 +371,11 @@ def test_a_call_arriving_mid_pass_takes_the_next_free_slot() -> None:
     calls = Calls(sched)
     first = calls.submit(long)
     assert held.wait(10)
+    return long, sched, calls, first, release
+
+
+def test_a_call_arriving_mid_pass_takes_the_next_free_slot() -> None:
+    long, sched, calls, first, late_in = _long_call_held(2)
     late_req = next(r for r in (Request(id="late", messages=[], prompt=f"You extract fields. late {k}", max_tokens=5)
                                 for k in range(500)) if reference(r)[1] >= 3)
     late = calls.submit(late_req)
@@ -377,24 +389,7 @@ def test_a_call_arriving_mid_pass_takes_the_next_free_slot() -> None:
 def test_a_call_given_up_leaves_its_batch_and_a_queued_one_leaves_the_queue() -> None:
     """bench serve gives up a call at its tier timeout: a call decoding ends before the next step (its slot goes to
     the next request), a queued one never starts, and the calls after them decode as before."""
-    long = next(r for r in (Request(id="long", messages=[], prompt=f"You extract fields. long {k}", max_tokens=40)
-                            for k in range(500)) if reference(r)[1] >= 12)
-    engine = GatedEngine(1)
-    engine.go.set()
-    held, release = threading.Event(), threading.Event()
-    decode = engine.decode
-
-    def hold(items: Sequence[Item]) -> None:
-        if len(items) == 1 and items[0][0] == 0 and items[0][2] == len(tokens_of(long)) + 3:
-            held.set()  # the long call's fourth token
-            assert release.wait(10)
-        decode(items)
-
-    engine.decode = hold  # type: ignore[method-assign]
-    sched = scheduler(engine)
-    calls = Calls(sched)
-    first = calls.submit(long)
-    assert held.wait(10)
+    long, _, calls, first, release = _long_call_held(1)
     queued = calls.submit(Request(id="queued", messages=[], prompt="You extract fields. queued", max_tokens=5))
     calls.cancel(queued)  # waiting behind the long one in the only slot: taken out
     calls.cancel(first)
@@ -414,8 +409,7 @@ def test_the_router_tells_a_batching_tier_when_serve_gives_up_a_call() -> None:
     call's error, while the engine is still held mid-answer."""
     from bench.router import _await
 
-    long = next(r for r in (Request(id="long", messages=[], prompt=f"You extract fields. long {k}", max_tokens=40)
-                            for k in range(500)) if reference(r)[1] >= 12)
+    long = _long_request()
     engine = GatedEngine(1)
     engine.go.set()
     sched = scheduler(engine)
