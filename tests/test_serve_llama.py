@@ -202,3 +202,62 @@ def test_an_in_process_tier_is_served_batched_at_the_concurrency_it_was_priced_a
     finally:
         app.state.gates.close()
         app.state.router.close()
+
+
+def test_a_batched_call_given_up_at_the_tier_timeout_stops_decoding(tmp_path: Path) -> None:
+    """Extract on the embedded default at `--parallel 4`, served with a 2.5 s tier timeout (the prompt's shared
+    prefix cached by a warm-up request), shorter than the four answers take together: each call is given up and
+    leaves the batch, and the engine decodes a small part of what the answers took in the run (28 of 402 tokens
+    on 2026-12-04; 401 when the router did not tell the tier)."""
+    import asyncio
+
+    import httpx
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from bench.cli import main
+    from bench.config import load_suite
+    from bench.data import load_samples
+    from bench.models import is_cached
+    from bench.results.store import find_runs
+    from bench.runner import run_suite
+    from bench.serve.app import create_app
+    from tests.conftest import REPO
+
+    if not is_cached("smollm2-135m-instruct"):
+        pytest.skip("the embedded default is not cached: run 'bench models pull smollm2-135m-instruct'")
+    suite = load_suite(REPO / "suites" / "extract.yaml")
+    outcome = run_suite(suite, limit=4, isolation="inline", results_dir=tmp_path / "results", quiet=True,
+                        parallel=4)
+    assert not outcome.errored_cells
+    out = tmp_path / "routing.json"
+    assert main(["thresholds", str(tmp_path / "results"), "-o", str(out)]) in (0, 1)
+    rows = [r for r in find_runs([tmp_path / "results"])[0].samples() if r["concurrency"] == 4]
+    answered = sum(r["completion_tokens"] for r in rows)
+    assert len(rows) == 4 and answered >= 4 * 20  # answers long enough to give up on
+
+    texts = {s.id: s.fields["text"] for s in load_samples(suite, 4)}
+    app = create_app(out, tier_timeout_s=2.5, timeout_s=60)
+    cell = json.loads(out.read_text())["tasks"]["extract"]["tiers"][0]["cell"]
+
+    async def drive() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve", timeout=120) as c:
+            return await asyncio.gather(*[c.post("/v1/chat/completions", json={
+                "model": "extract", "bench_fields": {"text": texts[r["sample_id"]]}}) for r in rows])
+
+    try:
+        router = app.state.router
+        backend, _ = router._backend(router._tier("extract", cell))  # loaded first: the 2.5 s are the answers'
+        router.run("extract", {"text": "Warm-up: the prompt's shared prefix is cached in a slot."})
+        warm = sum(backend._scheduler.step_sizes)
+        replies = asyncio.run(drive())
+        assert all(r.status_code == 502 and "within 2.5 s" in r.text for r in replies), [r.text for r in replies]
+        deadline = time.monotonic() + 120
+        while (backend._calls._running or backend._calls._waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the tier is idle: the calls given up have left (or, uncancelled, finished)
+        decoded = sum(backend._scheduler.step_sizes) - warm
+        print(f"decoded {decoded} sequence-steps of the {answered} tokens the run answered")
+        assert decoded < answered / 2, (decoded, answered)
+    finally:
+        app.state.gates.close()
+        app.state.router.close()
