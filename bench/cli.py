@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     mq = msub.add_parser("quantize", help="derive quantized variants of a model")
     mq.add_argument("id")
     mq.add_argument("--to", type=_csv, required=True, help="e.g. Q8_0,Q4_K_M,Q2_K")
+    mq.set_defaults(engine_here=True)  # quantizes through llama.cpp in this process
     m.set_defaults(func=cmd_models)
 
     h = sub.add_parser("hardware", help="detect this machine and match a hardware profile")
@@ -228,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--telemetry", metavar="LOG", help="a `bench serve --log` file: compare production's model mix "
                    "with holdout's, per task, and report drift")
     t.add_argument("-o", "--output", required=True)
-    t.set_defaults(func=_delegate("bench.thresholds.cli"))
+    t.set_defaults(func=_delegate("bench.thresholds.cli"), engine_here=True)  # the embedding pre-router
 
     sv = sub.add_parser("serve", help="serve a routing.json as an OpenAI-compatible API (model = task name)")
     sv.add_argument("routing")
@@ -242,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "llama.cpp tier decodes that many calls in one batch, other in-process engines one at a time")
     sv.add_argument("--trust-failed-holdout", action="store_true",
                     help="follow a policy even where its holdout contradicted it (default: its fallback tier)")
-    sv.set_defaults(func=_delegate("bench.serve.app"))
+    sv.set_defaults(func=_delegate("bench.serve.app"), engine_here=True)  # in-process tiers
 
     pj = sub.add_parser("project", help="project measured cells onto another hardware profile (roofline x the "
                         "engine's measured efficiency); every figure flagged `projected`")
@@ -275,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     fd.add_argument("--batched-bench", metavar="PATH", help="llama-batched-bench binary (default: as --llama-bench)")
     fd.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     fd.add_argument("-o", "--output", help="also write the JSON here (rewritten after each run)")
-    fd.set_defaults(func=_delegate("bench.fidelity"))
+    fd.set_defaults(func=_delegate("bench.fidelity"), engine_here=True)
 
     c = sub.add_parser("compare", help="compare a candidate run against a baseline; exit 1 on a regression")
     c.add_argument("baseline")
@@ -295,13 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _engine_first(args: argparse.Namespace) -> None:
-    """Load llama.cpp's libraries before anything imports numpy, for commands that may load a llama.cpp model in
-    this process (`bench serve`, `bench fidelity`, `bench thresholds` with the embedding pre-router, `bench run
-    --isolation inline`, `bench models quantize`): see bench.backends.llamacpp. Other commands do not pay for the
-    import (about 0.1 s)."""
-    engine_here = args.command in ("serve", "fidelity", "thresholds") or getattr(args, "isolation", None) == "inline" or (
-        args.command == "models" and getattr(args, "models_cmd", None) == "quantize")
-    if engine_here and "numpy" not in sys.modules:
+    """Load llama.cpp's libraries before anything imports numpy where the command may load a llama.cpp model in this
+    process (its parser sets `engine_here`; `bench run` only with --isolation inline): see bench.backends.llamacpp.
+    Other commands do not pay for the import (about 0.1 s)."""
+    here = getattr(args, "engine_here", False) or getattr(args, "isolation", None) == "inline"
+    if here and "numpy" not in sys.modules:
         import contextlib
 
         with contextlib.suppress(ImportError):

@@ -6,8 +6,6 @@ import json
 import math
 import threading
 import warnings
-from concurrent.futures import CancelledError
-from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -249,8 +247,9 @@ class Router:
                                scoring_ref=reference if reference is not None else
                                ({} if options.kind == "extract" else ""))
 
-    def step(self, job: Any, cell: str) -> dict[str, Any]:
-        """One tier's answer to a prepared sample, scored, priced and judged by the tier's accept_if."""
+    def step(self, job: Any, cell: str, cancel: Cancel | None = None) -> dict[str, Any]:
+        """One tier's answer to a prepared sample, scored, priced and judged by the tier's accept_if. `cancel`: told
+        when the caller gives the call up (a batching tier then frees its slot)."""
         from bench.measure.timing import derive
         from bench.records import confidence_of
         from bench.runner import build_requests
@@ -260,7 +259,7 @@ class Router:
         backend, cost_model = self._backend(tier)
         request = build_requests(job.shaped, [job.item], bool((tier.runtime or {}).get("chat", True)))[0]
         if self.parallel.get(cell, 1) > 1 and callable(getattr(backend, "submit", None)):
-            gen = _await(backend, backend.submit(request), getattr(job, "cancel", None)).to_dict()
+            gen = _await(backend, backend.submit(request), cancel).to_dict()
         else:
             gen = backend.generate([request])[0].to_dict()
         error = gen.get("error")
@@ -330,23 +329,38 @@ class Router:
         self.close()
 
 
-def _await(backend: Any, fut: Any, cancel: threading.Event | None) -> Any:
-    """A submitted call's generation, decoded beside the tier's other calls in flight. Where `cancel` is set (bench
-    serve gave up on the call: its tier timeout) the backend is told, so the call stops taking a batch slot; its
-    generation then comes back at once, with an error saying so."""
-    while cancel is not None and not cancel.is_set():
-        try:
-            return fut.result(timeout=0.05)
-        except FuturesTimeout:
-            continue
-    if cancel is not None:
-        backend.cancel(fut)
-    try:
-        return fut.result()
-    except CancelledError:  # taken out of the queue before it started
-        from bench.backends.base import Generation
+class Cancel:
+    """A call given up, told once by whoever stopped waiting (bench serve's cascade, at its tier timeout): what is
+    registered with `then` runs then, or at once where it was given up already."""
 
-        return Generation(request_id="cancelled", error="cancelled: the caller stopped waiting")
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._given_up = False
+        self._then: list[Any] = []
+
+    def set(self) -> None:
+        with self._lock:
+            if self._given_up:
+                return
+            self._given_up, then = True, self._then
+        for fn in then:
+            fn()
+
+    def then(self, fn: Any) -> None:
+        with self._lock:
+            if not self._given_up:
+                self._then.append(fn)
+                return
+        fn()
+
+
+def _await(backend: Any, fut: Any, cancel: Cancel | None) -> Any:
+    """A submitted call's generation, decoded beside the tier's other calls in flight. Where the call is given up
+    (`cancel`: bench serve's tier timeout) the backend is told, so the call stops taking a batch slot; its
+    generation then comes back within a step, with the error llamacpp_batch.CANCELLED."""
+    if cancel is not None:
+        cancel.then(lambda: backend.cancel(fut))
+    return fut.result()
 
 
 class _PromptOnly:

@@ -40,15 +40,22 @@ def _windows(rng: np.random.Generator, n: int, footprint: float, spikes: float) 
 @functools.cache
 def _verdicts(truth: float, machine: str, n: int, trials: int) -> tuple[np.ndarray, np.ndarray]:
     """Per trial: whether judge_memory said worse, and whether the rule it replaced would have."""
+    return _all_verdicts(truth, machine, n, trials)[:2]
+
+
+@functools.cache
+def _all_verdicts(truth: float, machine: str, n: int, trials: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per trial: worse (judge_memory), worse by the rule it replaced, and better (judge_memory)."""
     rng = np.random.default_rng([int(truth * 1000), list(MACHINES).index(machine), n])
-    said, old = [], []
+    said, old, better = [], [], []
     for _ in range(trials):
         wb = _windows(rng, n, FOOTPRINT, MACHINES[machine])
         wc = _windows(rng, n, FOOTPRINT * truth, MACHINES[machine])
         m = judge_memory(float(wb.max()), float(wc.max()), wb, wc, factor=DEFAULT_FACTOR, comparable=True)
         said.append(m["verdict"] == "worse")
         old.append(m["ratio"] > DEFAULT_FACTOR and m["ci_footprint_ratio"][0] > 1.0)
-    return np.array(said), np.array(old)
+        better.append(m["verdict"] == "better")
+    return np.array(said), np.array(old), np.array(better)
 
 
 def _most(trials: int) -> int:
@@ -93,3 +100,15 @@ def test_compare_speed_judges_memory_by_the_footprint() -> None:
     assert m["baseline"] == pytest.approx(wb.max()) and m["candidate"] == pytest.approx(wc.max())
     assert m["verdict"] == "worse" and m["footprint_ratio"] == pytest.approx(wc.mean() / wb.mean())
     assert "peak_rss_mb" in speed["worse"] and f"footprint x{m['footprint_ratio']:.2f} [" in speed["worse_details"][0]
+
+
+@pytest.mark.parametrize("machine", list(MACHINES))
+@pytest.mark.parametrize("truth", [1.0, 1.05])
+def test_a_footprint_no_smaller_is_rarely_called_better(truth: float, machine: str) -> None:
+    """"better" is the mirror claim (the interval wholly below 1 / 1.10): a candidate whose footprint is not
+    smaller is called better at most at the promised rate, and one at 0.7x is called better in nearly all."""
+    for n in (20, 200):
+        better = _all_verdicts(truth, machine, n, 300)[2]
+        assert better.sum() <= _most(better.size), f"better in {better.sum()} of {better.size}"
+        smaller = _all_verdicts(0.7, machine, n, 100)[2]
+        assert smaller.mean() >= 0.95, f"0.7x: better in {smaller.sum()} of {smaller.size}"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bench.backends.base import Generation, Request
-from bench.backends.llamacpp_batch import BatchScheduler, Calls, Item
+from bench.backends.llamacpp_batch import CANCELLED, BatchScheduler, Calls, Item
 from bench.cli import main
 from bench.config import load_suite
 from bench.errors import UserInputError
@@ -395,8 +395,8 @@ def test_a_call_given_up_leaves_its_batch_and_a_queued_one_leaves_the_queue() ->
     calls.cancel(first)
     release.set()
     gen = first.result(10)
-    assert gen.error and "cancelled" in gen.error and gen.completion_tokens < reference(long)[1]
-    assert queued.cancelled()
+    assert gen.error == CANCELLED and gen.completion_tokens < reference(long)[1]
+    assert queued.result(1).error == CANCELLED and queued.result().completion_tokens == 0  # it never started
     after = Request(id="after", messages=[], prompt="You extract fields. after", max_tokens=6)
     assert (calls.submit(after).result(10).text, ) == (reference(after)[0], )
     calls.cancel(first)  # a call already done: nothing happens
@@ -407,7 +407,7 @@ def test_the_router_tells_a_batching_tier_when_serve_gives_up_a_call() -> None:
     """bench.router's wait on a submitted call (what `bench serve` runs in a tier's thread): once the cascade sets
     the call's cancel event (its tier timeout passed), the backend is told and the wait returns at once, with the
     call's error, while the engine is still held mid-answer."""
-    from bench.router import _await
+    from bench.router import Cancel, _await
 
     long = _long_request()
     engine = GatedEngine(1)
@@ -419,7 +419,7 @@ def test_the_router_tells_a_batching_tier_when_serve_gives_up_a_call() -> None:
         submit = staticmethod(calls.submit)
         cancel = staticmethod(calls.cancel)
 
-    cancel = threading.Event()
+    cancel = Cancel()
     steps = sched.step_sizes
     timer = threading.Timer(0.05, cancel.set)
     slow = engine.decode
@@ -432,14 +432,14 @@ def test_the_router_tells_a_batching_tier_when_serve_gives_up_a_call() -> None:
     timer.start()
     t0 = time.perf_counter()
     gen = _await(Tier, calls.submit(long), cancel)
-    assert gen.error and "cancelled" in gen.error
+    assert gen.error == CANCELLED
     assert len(steps) < reference(long)[1] - 1 and time.perf_counter() - t0 < 5
-    queued_cancel = threading.Event()
-    queued_cancel.set()  # given up before it was taken from the queue
+    queued_cancel = Cancel()
+    queued_cancel.set()  # given up before it was taken from the queue: told at once
     engine.go.clear()
     blocker = calls.submit(long)
     gen = _await(Tier, calls.submit(long), queued_cancel)
-    assert gen.error and "cancelled" in gen.error
+    assert gen.error == CANCELLED
     engine.go.set()
     blocker.result(10)
     calls.close()
@@ -613,6 +613,7 @@ def test_greedy_log_probability_matches_the_float64_softmax(vocab: int) -> None:
     (["run", "/nonexistent/suite.yaml"], False),        # cells load the engine in their own processes
     (["thresholds", "/nonexistent/results", "-o", "/nonexistent/r.json"], True),  # the embedding pre-router
     (["compare", "/nonexistent/a", "/nonexistent/b"], False),
+    (["models", "quantize", "nonexistent-model", "--to", "Q8_0"], True),
 ])
 def test_commands_that_load_an_engine_here_load_llama_cpp_before_numpy(argv: list[str], engine_first: bool) -> None:
     """On a GPU machine, a process that had imported numpy before llama.cpp segfaulted at every model load (see

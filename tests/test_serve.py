@@ -259,13 +259,13 @@ def _slow_steps(app, delays: dict[int, float]):
     now = dict.fromkeys(cells, 0)
     peak = dict.fromkeys(cells, 0)
 
-    def step(job, cell):
+    def step(job, cell, **kw):
         with lock:
             now[cell] += 1
             peak[cell] = max(peak[cell], now[cell])
         try:
             time.sleep(delays.get(cells.index(cell), 0.0))
-            return real(job, cell)
+            return real(job, cell, **kw)
         finally:
             with lock:
                 now[cell] -= 1

@@ -45,6 +45,7 @@ from bench.backends.base import Generation, OnResult, Request
 
 Item = tuple[int, int, int, bool]  # (sequence id, token, position, whether its logits are wanted)
 MIN_SHARE = 16  # copy another slot's stream in only for at least this many more prompt tokens
+CANCELLED = "cancelled: the caller stopped waiting"  # the error of a call given up (Calls.cancel)
 Prepare = Callable[[Request], tuple[list[int], list[str]]]  # a request's prompt tokens and its template's stops
 
 
@@ -186,7 +187,7 @@ class BatchScheduler:
                 if dropped is not None:
                     for slot, s in [(k, v) for k, v in active.items() if dropped(v.req)]:
                         gen = self._finish(s)  # its cells stay: prompt and tokens so far, a prefix to reuse
-                        gen.error = "cancelled: the caller stopped waiting"
+                        gen.error = CANCELLED
                         done(gen, slot, s.req)
                 if active:
                     self._step(active, done)
@@ -360,15 +361,15 @@ class Calls:
         return fut
 
     def cancel(self, fut: Future[Generation]) -> None:
-        """The caller stopped waiting for `fut`: a request still queued is taken out (its future cancelled), one
-        decoding ends before the next step with an error saying so (its slot goes to the next request)."""
+        """The caller stopped waiting for `fut`: a request still queued is taken out, one decoding ends before the
+        next step (its slot goes to the next request); either way its generation carries the error CANCELLED."""
         with self._cv:
             if fut.done():
                 return
             for item in self._waiting:
                 if item[1] is fut:
                     self._waiting.remove(item)
-                    fut.cancel()
+                    _settle(fut, Generation(request_id=item[0].id, error=CANCELLED))
                     return
             self._cancelled.add(fut)
 

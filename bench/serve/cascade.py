@@ -7,19 +7,20 @@ its gate and runs within what is left of the request's deadline, and of `tier_ti
 that fails (an upstream error, a timeout, no free slot in time, an exception) is recorded as a failed step and the
 request escalates to the next tier of its plan; the last step decides the answer. A timed-out call keeps its slot
 until its thread returns, so a stuck tier cannot take more threads than its limit: the service never hangs on it.
-A batching tier is told when its call is given up (`job.cancel`), and the call leaves its batch before the next
+A batching tier is told when its call is given up (`bench.router.Cancel`), and the call leaves its batch before the next
 decode step, so abandoned requests do not keep decoding in slots that waiting ones need.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.registry import backend_traits
+from bench.router import Cancel
 
 
 def plan(router: Any, task: str, fields: dict[str, Any] | None, text: str) -> list[str]:
@@ -135,8 +136,8 @@ async def cascade(router: Any, gates: Gates, job: Any, cells: list[str], deadlin
             if not fut.cancelled():
                 fut.exception()  # retrieved: a late failure after a timeout is not an unhandled error
 
-        job.cancel = threading.Event()  # set when this call is given up: a batching tier frees its slot then
-        fut = loop.run_in_executor(gates.pool, router.step, job, cell)
+        cancel = Cancel()  # told when this call is given up: a batching tier frees its slot then
+        fut = loop.run_in_executor(gates.pool, functools.partial(router.step, job, cell, cancel=cancel))
         fut.add_done_callback(done)
         try:
             step = dict(await asyncio.wait_for(asyncio.shield(fut), max(0.0, budget - (time.monotonic() - t0))))
@@ -144,7 +145,7 @@ async def cascade(router: Any, gates: Gates, job: Any, cells: list[str], deadlin
             if step.get("error"):  # a failed call is never accepted, whatever the tier's rule: escalate
                 step["error_kind"], step["accepted"] = "upstream_error", False
         except asyncio.TimeoutError:
-            job.cancel.set()
+            cancel.set()
             step = _failed(cell, "timeout", f"tier {cell} gave no answer within {budget:.3g} s",
                            time.monotonic() - t0)
         except Exception as exc:  # a tier that cannot start (missing model, bad config) or a backend bug
