@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="1: decode at concurrency 1 vs llama-bench; N > 1: batched decode of N sequences vs "
                          "llama-batched-bench (default 1,4,8)")
     fd.add_argument("--rounds", type=int, default=2, help="interleaved rounds, order alternating (default 2)")
+    fd.add_argument("--n-ctx", type=int, default=None, metavar="TOKENS",
+                    help="bench's context per sequence (default: the llamacpp backend's n_ctx, 4096, as `bench run` "
+                         "uses it; DEPTH + TOKENS gives the tools' own context size)")
     fd.add_argument("--llama-bench", metavar="PATH", help="llama-bench binary (default: the one "
                     "scripts/build-llama-tools.sh built for the installed llama-cpp-python)")
     fd.add_argument("--batched-bench", metavar="PATH", help="llama-batched-bench binary (default: as --llama-bench)")

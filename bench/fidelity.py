@@ -48,6 +48,10 @@ DEFINITIONS = {
                      "decoding exactly TOKENS tokens each: N x (TOKENS - 1) / (time from the end of the last "
                      "prompt's prefill to the return of the last decode step), i.e. over the decode steps in which "
                      "all N sequences decode; sampling between steps is included",
+    "bench_engine": "the same decode steps as bench_decode / bench_batched, counting only the time inside "
+                    "llama_decode (BatchScheduler.step_engine_s): sequences x steps / that time. What bench's "
+                    "figure loses against it is the harness's own per-step work (sampling, log-probabilities, "
+                    "detokenizing, bookkeeping), which the engine waits out",
     "repack": "R, llama.cpp's weight repacking (extra buffer types), is set on the tools as bench's backend sets "
               "it: off where the CPU advertises AMX, on elsewhere (extra_buffers)",
     "ratio": "median over rounds of bench's figure / llama.cpp's figure in the same round (the two ran back to "
@@ -74,16 +78,21 @@ class Measurement(BaseModel):
     tool: str
     llama_cpp_tps: list[float] = []
     bench_tps: list[float] = []
+    bench_engine_tps: list[float] = []  # the same steps, time inside llama_decode only (bench_engine)
     llama_cpp_median: float | None = None
     bench_median: float | None = None
     round_ratios: list[float] = []
     ratio: float | None = None
+    engine_round_ratios: list[float] = []
+    engine_ratio: float | None = None
 
     def settle(self) -> None:
         self.llama_cpp_median = statistics.median(self.llama_cpp_tps) if self.llama_cpp_tps else None
         self.bench_median = statistics.median(self.bench_tps) if self.bench_tps else None
         self.round_ratios = [b / c for c, b in zip(self.llama_cpp_tps, self.bench_tps) if c > 0]
         self.ratio = statistics.median(self.round_ratios) if self.round_ratios else None
+        self.engine_round_ratios = [b / c for c, b in zip(self.llama_cpp_tps, self.bench_engine_tps) if c > 0]
+        self.engine_ratio = statistics.median(self.engine_round_ratios) if self.engine_round_ratios else None
 
 
 class FidelityReport(BaseModel):
@@ -103,6 +112,7 @@ class FidelityReport(BaseModel):
     rounds: int
     parallel: list[int]
     tools: dict[str, str | None]
+    bench_n_ctx: int | None = None  # bench's context per sequence (None: the backend's default)
     extra_buffers: bool  # llama.cpp's weight repacking, on both sides (bench's backend default for this CPU)
     load_avg_1m: float | None
     quiet_machine: bool | None
@@ -223,9 +233,20 @@ def batched_decode_tps(gens: list[Any]) -> float:
     return len(gens) * steps / span
 
 
-def bench_decode(model: Any, threads: int, depth: int, tokens: int, n: int) -> float:
-    """Bench's own decode rate: the llamacpp backend built as the worker builds it, N requests of exactly `depth`
-    prompt tokens decoding exactly `tokens` tokens each (BatchScheduler with N sequences; N = 1: one at a time)."""
+def engine_tps(sizes: list[int], seconds: list[float], n: int) -> float:
+    """Sequences x steps / time inside llama_decode, over the decode steps that carried all `n` sequences."""
+    steps = [(k, t) for k, t in zip(sizes, seconds) if k == n]
+    inside = sum(t for _, t in steps)
+    if not steps or inside <= 0:
+        raise ToolFailed("bench's scheduler logged no decode step of all its sequences")
+    return sum(k for k, _ in steps) / inside
+
+
+def bench_decode(model: Any, threads: int, depth: int, tokens: int, n: int,
+                 n_ctx: int | None = None) -> tuple[float, float]:
+    """Bench's own decode rate, and its engine-only rate (bench_engine): the llamacpp backend built as the worker
+    builds it, N requests of exactly `depth` prompt tokens decoding exactly `tokens` tokens each (BatchScheduler
+    with N sequences; N = 1: one at a time), each sequence's context `n_ctx` tokens (default: the backend's)."""
     from pydantic import TypeAdapter
 
     from bench.backends.base import Request, create_backend
@@ -233,8 +254,8 @@ def bench_decode(model: Any, threads: int, depth: int, tokens: int, n: int) -> f
     from bench.config.suite import BackendConfig
     from bench.measure.timing import derive
 
-    cfg: Any = TypeAdapter(BackendConfig).validate_python({"kind": "llamacpp", "n_threads": threads,
-                                                      "n_ctx": max(4096, depth + tokens)})
+    cfg: Any = TypeAdapter(BackendConfig).validate_python({"kind": "llamacpp", "n_threads": threads})
+    cfg.n_ctx = n_ctx or max(cfg.n_ctx, depth + tokens)
     backend = create_backend(cfg, model)
     if not isinstance(backend, LlamaCppBackend):
         raise ToolFailed(f"the llamacpp backend is {type(backend).__name__}, not LlamaCppBackend")
@@ -248,6 +269,9 @@ def bench_decode(model: Any, threads: int, depth: int, tokens: int, n: int) -> f
         backend._prompt_tokens = lambda req: (prompts[req.id], [])  # type: ignore[method-assign]
         requests = [Request(id=rid, messages=[], prompt="", max_tokens=tokens, ignore_eos=True) for rid in prompts]
         gens = backend.generate(requests)
+        sched = backend._scheduler
+        assert sched is not None
+        sizes, seconds = list(sched.step_sizes), list(sched.step_engine_s)
     finally:
         backend.close()
     for g in gens:
@@ -261,8 +285,8 @@ def bench_decode(model: Any, threads: int, depth: int, tokens: int, n: int) -> f
         rate = derive(g.to_dict(), g.prompt_tokens, g.completion_tokens, g.cached_tokens)["decode_tps"]
         if not rate:
             raise ToolFailed("bench's decode rate could not be derived")
-        return float(rate)
-    return batched_decode_tps(gens)
+        return float(rate), engine_tps(sizes, seconds, 1)
+    return batched_decode_tps(gens), engine_tps(sizes, seconds, n)
 
 
 # ---------------------------------------------------------------- the command
@@ -286,6 +310,9 @@ def _check(args: Any) -> list[int]:
                              ("--rounds", args.rounds, 1)):
         if value < low:
             raise UserInputError(f"{value}: expected a whole number of at least {low}", field=flag)
+    if args.n_ctx is not None and args.n_ctx < args.depth + args.tokens:
+        raise UserInputError(f"{args.n_ctx}: expected at least DEPTH + TOKENS = {args.depth + args.tokens}, the "
+                             "tokens one sequence holds", field="--n-ctx")
     return _levels(args.parallel)
 
 
@@ -317,6 +344,7 @@ def measure(args: Any, log: Callable[[str], None], on_progress: Callable[[Fideli
         model={"id": model.id, "quantization": model.quantization, "path": str(model.path), "sha256": model.sha256,
                "size_bytes": model.size_bytes},
         threads=args.threads, depth=args.depth, tokens=args.tokens, rounds=args.rounds, parallel=levels,
+        bench_n_ctx=args.n_ctx,
         tools={"llama-bench": str(llama_bench) if llama_bench else None,
                "llama-batched-bench": str(batched) if batched else None}, extra_buffers=repack,
         load_avg_1m=load, quiet_machine=None if load is None else load <= LOAD_WARN,
@@ -338,7 +366,9 @@ def measure(args: Any, log: Callable[[str], None], on_progress: Callable[[Fideli
                     m.llama_cpp_tps.append(parse_batched_bench(out, d, k, m.parallel))
 
             def ours(m: Measurement = m) -> None:
-                m.bench_tps.append(bench_decode(model, t, d, k, m.parallel))
+                whole, engine = bench_decode(model, t, d, k, m.parallel, args.n_ctx)
+                m.bench_tps.append(whole)
+                m.bench_engine_tps.append(engine)
 
             pair = [(m.tool, tool), ("bench", ours)]
             for label, run in pair if r % 2 == 0 else pair[::-1]:
@@ -362,13 +392,14 @@ def table(report: FidelityReport) -> Any:
                     f"(sha256 {m['sha256'][:12]}), {report.threads} threads, depth {report.depth}, "
                     f"{report.tokens} tokens, {report.rounds} round(s)")
     for col in ("measurement", "llama.cpp tool", "llama.cpp tok/s per round", "bench tok/s per round",
-                "llama.cpp median", "bench median", "bench / llama.cpp per round", "median ratio"):
+                "llama.cpp median", "bench median", "bench / llama.cpp per round", "median ratio",
+                "engine only: median ratio"):
         t.add_column(col)
     for x in report.measurements:
         t.add_row(x.name, x.tool, ", ".join(num(v, ".2f") for v in x.llama_cpp_tps),
                   ", ".join(num(v, ".2f") for v in x.bench_tps), num(x.llama_cpp_median, ".2f"),
                   num(x.bench_median, ".2f"), ", ".join(num(v, ".3f") for v in x.round_ratios),
-                  num(x.ratio, ".3f"))
+                  num(x.ratio, ".3f"), num(x.engine_ratio, ".3f"))
     return t
 
 

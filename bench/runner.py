@@ -421,6 +421,11 @@ def _run_one_cell(suite: Suite, plan: CellPlan, todo: list[Sample], samples: lis
         kind, payload = event
         if kind == "load":
             state["load"] = payload
+            batching = (payload.get("details") or {}).get("batching") or {}
+            if batching.get("batch_invariant") is False and not quiet:
+                console.print(f"{label}: this model's logits change with the batch's width on this machine (its "
+                              "weight types' kernels round by batch size): answers may differ from one at a time "
+                              "(changed_answers)", markup=False, highlight=False)
         elif kind == "node":
             state["node"] = payload
         elif kind == "retry":

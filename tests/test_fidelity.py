@@ -121,6 +121,7 @@ def test_measurement_medians_and_ratio() -> None:
     (["--threads", "0"], "--threads"), (["--depth", "0"], "--depth"), (["--tokens", "1"], "--tokens"),
     (["--rounds", "0"], "--rounds"), (["--parallel", "0"], "--parallel"), (["--parallel", "1,x"], "--parallel"),
     (["--parallel", "65"], "--parallel"), (["--llama-bench", "/nonexistent/llama-bench"], "--llama-bench"),
+    (["--n-ctx", "600"], "--n-ctx"), (["--depth", "64", "--tokens", "16", "--n-ctx", "79"], "--n-ctx"),
 ])
 def test_bad_flags_exit_2_with_one_line_naming_the_flag(argv, flag, capsys) -> None:
     assert main(["fidelity", *argv]) == 2
@@ -171,15 +172,17 @@ def test_rounds_interleave_alternate_and_rewrite_the_output(tmp_path, monkeypatc
 
     figures = iter([50.0, 60.0, 70.0, 80.0])
 
-    def ours(m, threads, depth, tokens, n) -> float:
-        assert (m.sha256, threads, depth, tokens) == ("ab" * 32, 3, 32, 16)
+    def ours(m, threads, depth, tokens, n, n_ctx) -> tuple[float, float]:
+        assert (m.sha256, threads, depth, tokens, n_ctx) == ("ab" * 32, 3, 32, 16, 48)
         ran.append(f"bench{n}")
-        return next(figures)
+        whole = next(figures)
+        return whole, whole + 5.0
 
     monkeypatch.setattr(fidelity, "_run_tool", tool)
     monkeypatch.setattr(fidelity, "bench_decode", ours)
     out = tmp_path / "fidelity.json"
     rc = main(["fidelity", "--threads", "3", "--depth", "32", "--tokens", "16", "--parallel", "2,1", "--rounds", "2",
+               "--n-ctx", "48",
                "--llama-bench", str(exe), "--batched-bench", str(exe), "--json", "-o", str(out)])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
@@ -190,11 +193,13 @@ def test_rounds_interleave_alternate_and_rewrite_the_output(tmp_path, monkeypatc
                                "batched N=2: llama-batched-bench"]
     dec, bat = doc["measurements"]
     assert dec["bench_tps"] == [50.0, 70.0] and bat["bench_tps"] == [60.0, 80.0]
+    assert dec["bench_engine_tps"] == [55.0, 75.0] and bat["bench_engine_tps"] == [65.0, 85.0]
     lb_tps = fidelity.parse_llama_bench(lb, 16, 32)
     assert dec["llama_cpp_tps"] == [lb_tps, lb_tps] and dec["ratio"] == pytest.approx(60.0 / lb_tps)
     assert bat["ratio"] == pytest.approx(70.0 / fidelity.parse_batched_bench(bb, 32, 16, 2))
+    assert dec["engine_ratio"] == pytest.approx(65.0 / lb_tps)
     assert doc["model"]["sha256"] == "ab" * 32 and doc["threads"] == 3 and doc["depth"] == 32
-    assert doc["extra_buffers"] is False
+    assert doc["extra_buffers"] is False and doc["bench_n_ctx"] == 48
     assert all(("--repack", "0") == tuple(c[c.index("--repack"):][:2]) for c in cmds if "-npl" not in c)
     assert all("--no-repack" in c for c in cmds if "-npl" in c) and len(cmds) == 4
 
@@ -233,7 +238,7 @@ def test_a_failing_tool_exits_1_and_keeps_what_was_measured(tmp_path, monkeypatc
     lb = (FIXTURES / "llama-bench.json").read_text()
     calls = iter([lb, "llama-bench: error: failed to create context\n"])
     monkeypatch.setattr(fidelity, "_run_tool", lambda cmd: next(calls))
-    monkeypatch.setattr(fidelity, "bench_decode", lambda *a: 42.0)
+    monkeypatch.setattr(fidelity, "bench_decode", lambda *a: (42.0, 44.0))
     out = tmp_path / "f.json"
     rc = main(["fidelity", "--depth", "32", "--tokens", "16", "--parallel", "1", "--rounds", "2",
                "--llama-bench", str(exe), "-o", str(out)])
@@ -243,3 +248,17 @@ def test_a_failing_tool_exits_1_and_keeps_what_was_measured(tmp_path, monkeypatc
     assert doc["complete"] is False
     assert doc["measurements"][0]["llama_cpp_tps"] == [fidelity.parse_llama_bench(lb, 16, 32)]
     assert doc["measurements"][0]["bench_tps"] == [42.0, 42.0]  # round 2 ran bench first
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("n", [1, 2])
+def test_bench_decode_on_the_default_model_gives_its_rate_and_the_engine_only_rate(n: int) -> None:
+    """Without llama.cpp's tools (CI does not build them): bench's side of `bench fidelity` on the real default
+    model. Its whole rate spans the same decode steps as the engine-only one plus the harness's work between
+    them, so the engine-only rate is the higher; both are real rates."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from bench.models.catalog import DEFAULT_MODEL
+    from bench.models.resolve import resolve_model
+
+    whole, engine = fidelity.bench_decode(resolve_model(DEFAULT_MODEL), 2, 64, 24, n)
+    assert 0 < whole < engine < 1e5

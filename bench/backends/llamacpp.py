@@ -19,7 +19,7 @@ with contextlib.suppress(ImportError):
 import numpy as np  # noqa: E402
 
 from bench.backends.base import Generation, LoadInfo, OnResult, Request  # noqa: E402
-from bench.backends.llamacpp_batch import BatchScheduler, Calls, LlamaSeqEngine  # noqa: E402
+from bench.backends.llamacpp_batch import BatchScheduler, Calls, LlamaSeqEngine, batch_invariant  # noqa: E402
 from bench.config.suite import MAX_PARALLEL  # noqa: E402
 from bench.errors import ModelError  # noqa: E402
 
@@ -160,7 +160,10 @@ class LlamaCppBackend:
                                    "n_ctx_per_seq": llama_cpp.llama_n_ctx_seq(ctx),
                                    "mode": "continuous; a prompt prefills in its own decode call (its shared prefix "
                                            "copied from another slot where one holds it), then one token per "
-                                           "active sequence per step, in slot order"}
+                                           "active sequence per step, in slot order",
+                                   # whether answers can depend on the batch's width (llamacpp_batch.batch_invariant)
+                                   "batch_invariant": batch_invariant(self._engine, self.llm.tokenize(
+                                       b"Probe: the quick brown fox jumps over the lazy dog.", add_bos=True))}
         return LoadInfo(load_s=load_s, model_bytes=self.model.size_bytes, n_threads=self.n_threads, chat=chat,
                         details=details)
 

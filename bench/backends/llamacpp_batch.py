@@ -45,6 +45,7 @@ from bench.backends.base import Generation, OnResult, Request
 
 Item = tuple[int, int, int, bool]  # (sequence id, token, position, whether its logits are wanted)
 MIN_SHARE = 16  # copy another slot's stream in only for at least this many more prompt tokens
+STEP_LOG = 100_000  # decode steps whose size and engine time are kept (a serving backend runs for days)
 CANCELLED = "cancelled: the caller stopped waiting"  # the error of a call given up (Calls.cancel)
 Prepare = Callable[[Request], tuple[list[int], list[str]]]  # a request's prompt tokens and its template's stops
 
@@ -66,13 +67,39 @@ def sample_token(logits: np.ndarray, temperature: float, rng: Any) -> tuple[int,
     49k-152k tokens) and showed in a batched step's wall time."""
     if temperature <= 0:
         tok = int(np.argmax(logits))
-        return tok, float(-np.log(np.exp(logits - logits[tok]).sum(dtype=np.float64)))
+        z = logits - logits[tok]
+        return tok, float(-np.log(np.exp(z, out=z).sum(dtype=np.float64)))
     z = logits.astype(np.float64)
     z -= z.max()
     logp = z - np.log(np.exp(z).sum())
     p = np.exp(logp / temperature)
     tok = int(rng.choice(len(logits), p=p / p.sum()))
     return tok, float(logp[tok])
+
+
+def batch_invariant(engine: SeqEngine, tokens: list[int]) -> bool:
+    """Whether the engine's next-token logits for a sequence are the same bit for bit decoded alone and inside a
+    batch of all its sequences. llama.cpp's CPU kernels for some weight types (the K quants, on the machines
+    measured) round differently when a product has several tokens' columns, and greedy answers then part at
+    near-ties. Each sequence holds `tokens` but the last; that token is decoded by sequence 0 alone, then by all
+    at once. Every sequence is cleared before and after."""
+    n, last = engine.n_seq, len(tokens) - 1
+    if n < 2 or last < 1:
+        return True
+    for seq in range(n):
+        engine.clear(seq, 0)
+    try:
+        engine.decode([(0, t, p, False) for p, t in enumerate(tokens[:last])])
+        for seq in range(1, n):
+            engine.copy(0, seq)
+        engine.decode([(0, tokens[last], last, True)])
+        alone = np.array(engine.logits(0))
+        engine.clear(0, last)
+        engine.decode([(seq, tokens[last], last, True) for seq in range(n)])
+        return bool(np.array_equal(alone, engine.logits(0)))
+    finally:
+        for seq in range(n):
+            engine.clear(seq, 0)
 
 
 def request_rng(req: Request) -> np.random.Generator:
@@ -149,7 +176,10 @@ class BatchScheduler:
         self.n_ctx = n_ctx
         self.n_batch = max(1, n_batch)
         self.cached: list[list[int]] = [[] for _ in range(engine.n_seq)]  # tokens in each slot's cells
-        self.step_sizes: list[int] = []  # sequences per decode step (tests read it)
+        # the latest STEP_LOG decode steps: sequences in each, and its time inside the engine (the rest of a step is
+        # the harness's own: bookkeeping, sampling, detokenizing). Tests and `bench fidelity` read them.
+        self.step_sizes: deque[int] = deque(maxlen=STEP_LOG)
+        self.step_engine_s: deque[float] = deque(maxlen=STEP_LOG)
         self.copies = 0  # prefixes copied in from another slot
 
     # ------------------------------------------------------------------ the pass
@@ -202,15 +232,18 @@ class BatchScheduler:
         seqs = sorted(active.values(), key=lambda s: s.slot)  # consecutive sequence ids: one micro-batch
         items = [(s.slot, s.pending, s.pos, True) for s in seqs]
         self.step_sizes.append(len(items))
+        start = time.perf_counter()
         try:
             self.engine.decode(items)
         except Exception as exc:  # the step failed for all of them: each is recorded as failed, the pass goes on
+            self.step_engine_s.append(time.perf_counter() - start)
             for s in seqs:
                 s.gen.error = f"{type(exc).__name__}: {exc}"
                 self._drop(s.slot)
                 done(s.gen, s.slot, s.req)
             return
         now = time.perf_counter()  # the engine has returned: what follows is the harness's time
+        self.step_engine_s.append(now - start)
         for i, s in enumerate(seqs):
             self.cached[s.slot].append(s.pending)
             s.pos += 1
@@ -438,6 +471,7 @@ class LlamaSeqEngine:
         self.mem = lc.llama_get_memory(ctx)
         self.bos = int(lc.llama_vocab_bos(vocab))
         self._buf = ctypes.create_string_buffer(64)
+        self._row = ctypes.c_float * n_vocab  # a logits row, viewed in place (np.ctypeslib.as_array took 35 us)
 
     def clear(self, seq: int, keep: int) -> bool:
         return bool(self.lc.llama_memory_seq_rm(self.mem, seq, keep, -1))
@@ -464,8 +498,11 @@ class LlamaSeqEngine:
             raise RuntimeError(f"llama_decode returned {rc}")
 
     def logits(self, index: int) -> np.ndarray:
-        ptr = self.lc.llama_get_logits_ith(self.ctx, index)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        address = ctypes.cast(self.lc.llama_get_logits_ith(self.ctx, index), ctypes.c_void_p).value
+        if not address:
+            raise RuntimeError(f"llama.cpp has no logits for batch index {index}")
+        row: Any = self._row.from_address(address)  # a ctypes array: a buffer numpy views without copying
+        return np.frombuffer(row, dtype=np.float32)
 
     def is_eog(self, token: int) -> bool:
         return bool(self.lc.llama_vocab_is_eog(self.vocab, token))
