@@ -177,7 +177,8 @@ def results_table(summary: dict[str, Any], title: str | None = None) -> Table:
                   f"{num(c['ttft_s']['p50'], '.2f')}/{num(c['ttft_s']['p95'], '.2f')}{star}",
                   num(c["prefill_tps"], ".0f") + star, num(c["decode_tps"], ".1f") + star, num(c["peak_rss_mb"], ".0f"),
                   num(c["cost_per_1k_usd"], ".4f"), str(c["errors"]),
-                  *((best_throughput(c), changed_text(c.get("changed_answers"))) if loaded else ()))
+                  *((best_throughput(c), changed_text(c.get("changed_answers"), c.get("batch_invariant")))
+                    if loaded else ()))
     if marked:
         t.caption = (f"* per-request figures from the {'; '.join(sorted(set(marked)))} (the main pass ran several "
                      "requests at once; its loaded figures: summary.json loaded_latency)")
@@ -202,8 +203,14 @@ def best_throughput(cell: dict[str, Any]) -> str:
     return f"{num(level['requests_per_s'], '.2f')} @ {level.get('level')} (priced)"
 
 
-def changed_text(entries: Any) -> str:
-    """'1/32 (3.1%) 8->1' per pair of concurrencies; 'not comparable (temperature > 0)' for sampled decoding."""
+def changed_text(entries: Any, batch_invariant: Any = None) -> str:
+    """'1/32 (3.1%) 8->1' per pair of concurrencies; 'not comparable (temperature > 0)' for sampled decoding. A
+    cell whose batched load found its logits change with the batch's width says so after it."""
+    text = _changed_text(entries)
+    return f"{text}; logits vary with batch width" if batch_invariant is False else text
+
+
+def _changed_text(entries: Any) -> str:
     entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
     shown = [e for e in entries if e.get("comparable") and isinstance(e.get("changed"), int)
              and isinstance(e.get("compared"), int) and e["compared"] > 0

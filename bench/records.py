@@ -57,6 +57,8 @@ def make_row(suite: Suite, plan: CellPlan, sample: Sample, gen: dict[str, Any], 
         "rss_model_mb": load.get("rss_model_mb"), "gpu_peak_mb": gen.get("gpu_peak_mb"),
         "energy_j": gen.get("energy_j"), "model_bytes": load.get("model_bytes"),
         "params_m": load.get("params_m"),
+        # llama.cpp, N >= 2 sequences: whether its logits are the same decoded alone and in a batch (probed at load)
+        "batch_invariant": ((load.get("details") or {}).get("batching") or {}).get("batch_invariant"),
         "locality": plan.locality, "metric": metric, "retries": gen.get("retries", 0),
         "finish_reason": gen.get("finish_reason"), "concurrency": gen.get("concurrency") or cost_model.concurrency,
         "token_logprobs": gen.get("token_logprobs"),

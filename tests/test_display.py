@@ -156,3 +156,12 @@ def test_results_table_formats_numbers_and_dashes() -> None:
     text = buf.getvalue()
     for shown in ("accuracy 0.500 [0.250, 0.750]", "0.12/-", "1234", "513", "0.0012"):
         assert shown in text
+
+
+def test_changed_answers_say_when_a_cells_logits_vary_with_batch_width() -> None:
+    from bench.display import changed_text
+
+    entries = [{"between": [8, 1], "compared": 32, "changed": 3, "share": 3 / 32, "comparable": True}]
+    assert changed_text(entries) == changed_text(entries, True) == "3/32 (9.4%) 8->1"
+    assert changed_text(entries, False) == "3/32 (9.4%) 8->1; logits vary with batch width"
+    assert changed_text(None, False) == "-; logits vary with batch width"

@@ -634,6 +634,13 @@ def test_extract_answers_one_at_a_time_and_four_at_once(tmp_path: Path) -> None:
     assert any(r["cached_tokens"] > 0 for r in b.values())  # a slot reuses its previous prompt's prefix
     load = four.summary["cells"][0]["load"]
     assert load["concurrency"] == 4 and load["requests_per_s"] > 0 and load["output_tps"] > 0
+    # the load-time probe reaches every row of the batched pass and the cell's summary; a one-at-a-time load has none
+    probed = {r["batch_invariant"] for r in b.values()}
+    assert len(probed) == 1 and isinstance(next(iter(probed)), bool)
+    assert four.summary["cells"][0]["batch_invariant"] is next(iter(probed))
+    assert {r["batch_invariant"] for r in a.values()} == {None} and one.summary["cells"][0]["batch_invariant"] is None
+    if next(iter(probed)):
+        assert not changed  # logits equal alone and in a batch of 4: the greedy answers cannot part
     assert one.summary["cells"][0]["load"] is None
 
 

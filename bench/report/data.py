@@ -233,7 +233,7 @@ def _load_figures(c: dict[str, Any]) -> dict[str, Any]:
             "loaded_concurrency": loaded.get("concurrency"),
             "throughput": best_throughput(c) if shown else None,
             "cost_basis": str(c.get("cost_basis") or "") or None,
-            "changed_answers": changed_text(changed) if shown else None,
+            "changed_answers": changed_text(changed, c.get("batch_invariant")) if shown else None,
             "changed_share_max": max((num(e.get("share")) or 0.0 for e in changed or []
                                       if isinstance(e, dict) and e.get("comparable")), default=None)}
 

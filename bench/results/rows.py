@@ -87,6 +87,7 @@ class SampleRow(Versioned):
     model_bytes: int | None = None
     params_m: float | None = None
     requantized: bool | None = None
+    batch_invariant: bool | None = None  # probed at a batched llama.cpp load: logits equal alone and in a batch
     node: dict[str, Any] | None = None
 
     def quality(self, key: str | None = None) -> float | None:

@@ -88,6 +88,9 @@ def summarize_cell(rows: list[dict[str, Any]], extra: dict[str, Any] | None = No
         "harness_s_per_token": _harness_per_token(ok),
         **contention(ok),
         "load": load,
+        # False where a batched load found its logits change with the batch's width (answers may then change)
+        "batch_invariant": (False if any(r.get("batch_invariant") is False for r in rows)
+                            else True if any(r.get("batch_invariant") for r in rows) else None),
         **{k: latency[k] for k in RAW_KEYS},
     }
     if extra:
