@@ -300,14 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _engine_first(args: argparse.Namespace) -> None:
     """Load llama.cpp's libraries before anything imports numpy where the command may load a llama.cpp model in this
-    process (its parser sets `engine_here`; `bench run` only with --isolation inline): see bench.backends.llamacpp.
+    process (its parser sets `engine_here`; `bench run` only with --isolation inline): see backends.base.engine_first.
     Other commands do not pay for the import (about 0.1 s)."""
-    here = getattr(args, "engine_here", False) or getattr(args, "isolation", None) == "inline"
-    if here and "numpy" not in sys.modules:
-        import contextlib
+    if getattr(args, "engine_here", False) or getattr(args, "isolation", None) == "inline":
+        from bench.backends.base import engine_first
 
-        with contextlib.suppress(ImportError):
-            import llama_cpp  # noqa: F401
+        engine_first()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,22 @@ from typing import Any, Protocol
 from bench.registry import BACKENDS
 
 
+def engine_first() -> None:
+    """Load llama.cpp's libraries (where llama-cpp-python is installed) before anything imports numpy: on an H200
+    machine with a llama-cpp-python CUDA build, every model load segfaulted in a process that had imported numpy
+    first, offloaded or not (2026-12-04); loaded in this order, the same cells ran. The root cause is not known.
+    Called where a model may load in this process: bench.backends.llamacpp on import, and bench.cli for commands
+    that load one here. A no-op once numpy is loaded (too late) or llama.cpp is."""
+    import sys
+
+    if "numpy" in sys.modules or "llama_cpp" in sys.modules:
+        return
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        pass
+
+
 @dataclass
 class Request:
     """One prompt to run. Chat backends read `messages`; completion-only (base) models read `prompt`."""

@@ -10,15 +10,12 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
-# llama.cpp's libraries are loaded before numpy's wherever this module is the first to import numpy (a `bench run`
-# cell process): on an H200 machine with a llama-cpp-python CUDA build, every model load segfaulted in a process
-# that had imported numpy first, offloaded or not (2026-12-04); loaded in this order, the same cells ran.
-with contextlib.suppress(ImportError):
-    import llama_cpp  # noqa: F401
+from bench.backends.base import Generation, LoadInfo, OnResult, Request, engine_first
+
+engine_first()  # a `bench run` cell process: this module is the first to import numpy
 
 import numpy as np  # noqa: E402
 
-from bench.backends.base import Generation, LoadInfo, OnResult, Request  # noqa: E402
 from bench.backends.llamacpp_batch import BatchScheduler, Calls, LlamaSeqEngine, batch_invariant  # noqa: E402
 from bench.config.suite import MAX_PARALLEL  # noqa: E402
 from bench.errors import ModelError  # noqa: E402
@@ -153,6 +150,9 @@ class LlamaCppBackend:
         # the prompt is prepared through the attribute, read per request (bench fidelity replaces it)
         self._scheduler = BatchScheduler(self._engine, lambda req: self._prompt_tokens(req), self.config.n_ctx,
                                          self.config.n_batch)
+        # whether answers can depend on the batch's width (llamacpp_batch.batch_invariant; 0.07-0.23 s)
+        invariant = batch_invariant(self._engine, self.llm.tokenize(
+            b"Probe: the quick brown fox jumps over the lazy dog.", add_bos=True)) if n_seq > 1 else None
         details = {"n_ctx": self.config.n_ctx, "n_batch": self.config.n_batch, "extra_buffers": extra,
                    "chat_template": chat, "n_vocab": self._n_vocab, "parallel": n_seq}
         if n_seq > 1:
@@ -161,9 +161,7 @@ class LlamaCppBackend:
                                    "mode": "continuous; a prompt prefills in its own decode call (its shared prefix "
                                            "copied from another slot where one holds it), then one token per "
                                            "active sequence per step, in slot order",
-                                   # whether answers can depend on the batch's width (llamacpp_batch.batch_invariant)
-                                   "batch_invariant": batch_invariant(self._engine, self.llm.tokenize(
-                                       b"Probe: the quick brown fox jumps over the lazy dog.", add_bos=True))}
+                                   "batch_invariant": invariant}
         return LoadInfo(load_s=load_s, model_bytes=self.model.size_bytes, n_threads=self.n_threads, chat=chat,
                         details=details)
 
